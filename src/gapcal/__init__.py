@@ -1,0 +1,21 @@
+"""gapcal: fix the modality gap of CLIP-style models inside vector stores.
+
+The numeric core (calibration, metrics, baselines) needs numpy only. Components with heavier
+dependencies (ONNX Runtime encoders, FAISS indexes, Milvus stores) are imported lazily on first
+attribute access, so ``import gapcal`` stays cheap and works without the optional extras.
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "OnnxClipEncoder": "gapcal.encoders",
+    "MixedIndex": "gapcal.index",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'gapcal' has no attribute {name!r}")

@@ -1,0 +1,56 @@
+"""Input validation shared by every public entry point: convert once, at the edge, and say exactly what is wrong."""
+
+from __future__ import annotations
+
+import numpy as np
+
+MODALITIES = ("text", "image")
+
+
+class NotFittedError(ValueError, AttributeError):
+    """Raised when a calibrator is used before it has seen any pairs."""
+
+
+def check_modality(name: str, value) -> str:
+    """Return ``value`` if it names a known modality, else raise a ValueError naming the argument."""
+    if value not in MODALITIES:
+        raise ValueError(f"{name} must be one of {MODALITIES}, got {value!r}")
+    return value
+
+
+def as_matrix(name: str, x, *, dim: int | None = None, dtype=np.float32, allow_empty: bool = True) -> np.ndarray:
+    """Validate an (n, d) array of embeddings and return it C-contiguous in ``dtype``.
+
+    Rejects non-numeric dtypes, wrong rank, a dimension other than ``dim``, NaN/inf and all-zero rows
+    (which have no direction, so no cosine).
+    """
+    arr = np.asarray(x)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise TypeError(f"{name} must be a numeric array of shape (n, d), got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array of shape (n, d), got shape {arr.shape}")
+    if dim is not None and arr.shape[1] != dim:
+        raise ValueError(f"{name} must have dimension d={dim} (the fitted dimension), got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        if not allow_empty:
+            raise ValueError(f"{name} must hold at least one row, got shape {arr.shape}")
+        return np.ascontiguousarray(arr, dtype=dtype)
+    if arr.shape[1] == 0:
+        raise ValueError(f"{name} must have at least one column, got shape {arr.shape}")
+    arr = np.ascontiguousarray(arr, dtype=dtype)
+    finite = np.isfinite(arr).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise ValueError(f"{name} must be finite: rows {bad[:5].tolist()} hold NaN or inf")
+    zero = ~arr.any(axis=1)
+    if zero.any():
+        bad = np.flatnonzero(zero)
+        raise ValueError(f"{name} must not hold all-zero rows (no direction, no cosine): rows {bad[:5].tolist()}")
+    return arr
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (in place when ``x`` is writable float, which callers own)."""
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+    x /= norms[:, None]
+    return x
