@@ -13,7 +13,7 @@ from itertools import islice
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from . import hub
@@ -261,7 +261,8 @@ def _decode(index: int, item, preprocess: ImagePreprocessor):
     try:
         return preprocess(load_image(item))
     except Exception as error:  # noqa: BLE001 - Pillow raises OSError, ValueError, SyntaxError, EOFError...
-        failure = ImageDecodeError(index, describe(item), f"{type(error).__name__}: {error}")
+        detail = "not an image format Pillow can read" if isinstance(error, UnidentifiedImageError) else error
+        failure = ImageDecodeError(index, describe(item), f"{type(error).__name__}: {detail}")
         failure.__cause__ = error
         return failure
 
