@@ -49,6 +49,24 @@ def as_matrix(name: str, x, *, dim: int | None = None, dtype=np.float32, allow_e
     return arr
 
 
+def unit_rows(name: str, x, row_offset: int = 0) -> np.ndarray:
+    """A new C-contiguous float32 copy of the (n, d) rows of ``x`` scaled to unit length.
+
+    One pass finds the norms; only when one is zero or not finite is the chunk checked in detail, so the
+    error can name the rows (counted from ``row_offset``).
+    """
+    out = np.array(x, dtype=np.float32, order="C", copy=True)
+    norms = np.sqrt(np.einsum("ij,ij->i", out, out))
+    bad = ~(np.isfinite(norms) & (norms > 0))
+    if bad.any():
+        rows = (np.flatnonzero(bad)[:5] + row_offset).tolist()
+        if not np.isfinite(out[bad]).all():
+            raise ValueError(f"{name} must be finite: rows {rows} hold NaN or inf (or overflow float32)")
+        raise ValueError(f"{name} must not hold all-zero rows (no direction, no cosine): rows {rows}")
+    out /= norms[:, None]
+    return out
+
+
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (in place when ``x`` is writable float, which callers own)."""
     norms = np.sqrt(np.einsum("ij,ij->i", x, x))

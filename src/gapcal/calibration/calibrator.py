@@ -7,8 +7,8 @@ import json
 
 import numpy as np
 
-from .._checks import MODALITIES, NotFittedError, as_matrix, check_modality, l2_normalize
-from .stats import PairStatistics, moments
+from .._checks import MODALITIES, NotFittedError, as_matrix, check_modality, l2_normalize, unit_rows
+from .stats import PairStatistics
 
 # The hubness term treats a query's scores against an item as Gaussian and estimates the level of the
 # item's nearest queries at one-sided 5% (z = 1.645); CSLS weighs it by one half.
@@ -19,6 +19,7 @@ _RIDGE_STRENGTHS = (0.1, 1.0, 10.0)
 _MIN_PAIRS = 8
 _MIN_HOLDOUT = 20
 _SCORE_SAMPLE = 2000
+_SELECTION_SCORE_SAMPLE = 1000
 _CHUNK = 65536
 
 
@@ -84,29 +85,21 @@ class GapCalibrator:
     def fit(self, text, image) -> "GapCalibrator":
         """Fit from scratch on paired rows (``text[i]`` pairs with ``image[i]``); arrays or memory-maps."""
         self._check_params()
-        text_arr, image_arr = self._check_pairs(text, image, dim=None)
-        stats = PairStatistics(text_arr.shape[1], int(self.sample_size))
-        for start in range(0, len(text_arr), _CHUNK):
-            stop = start + _CHUNK
-            stats = stats.updated(*self._normalized_pairs(text_arr[start:stop], image_arr[start:stop]))
-        self._finalize(stats)
+        self._finalize(self._accumulate(None, text, image))
         return self
 
     def partial_fit(self, text, image) -> "GapCalibrator":
-        """Add a chunk of pairs and refresh the fitted state; ``fit`` equals ``partial_fit`` over chunks."""
+        """Add a chunk of pairs and refresh the fitted state; ``fit`` equals ``partial_fit`` over chunks.
+
+        Each call re-selects the stages (about a second at d=768): feed large chunks, or use ``fit``
+        on a memory-map, or ``merge`` calibrators fitted per shard.
+        """
         self._check_params()
         stats = getattr(self, "_stats", None)
         if stats is None and hasattr(self, "dim_"):
             raise ValueError("partial_fit cannot continue a calibrator loaded from a file: its pair "
                              "statistics are not saved; fit a new calibrator on all pairs instead")
-        text_arr, image_arr = self._check_pairs(text, image, dim=None if stats is None else stats.dim)
-        if stats is None:
-            stats = PairStatistics(text_arr.shape[1], int(self.sample_size))
-        new_stats = stats
-        for start in range(0, len(text_arr), _CHUNK):
-            stop = start + _CHUNK
-            new_stats = new_stats.updated(*self._normalized_pairs(text_arr[start:stop], image_arr[start:stop]))
-        self._finalize(new_stats)
+        self._finalize(self._accumulate(stats, text, image))
         return self
 
     def merge(self, other: "GapCalibrator") -> "GapCalibrator":
@@ -124,46 +117,46 @@ class GapCalibrator:
         self._finalize(mine.merged(theirs))
         return self
 
-    @staticmethod
-    def _check_pairs(text, image, dim):
-        text_arr = text if isinstance(text, np.memmap) else np.asarray(text)
-        image_arr = image if isinstance(image, np.memmap) else np.asarray(image)
+    def _accumulate(self, stats, text, image) -> PairStatistics:
+        """New statistics with these pairs added, chunk by chunk; ``stats`` itself is never modified,
+        so a bad row anywhere leaves the calibrator as it was."""
+        text_arr = text if isinstance(text, np.ndarray) else np.asarray(text)
+        image_arr = image if isinstance(image, np.ndarray) else np.asarray(image)
         for name, arr in (("text", text_arr), ("image", image_arr)):
-            if arr.ndim != 2:
-                raise ValueError(f"{name} must be a 2-D array of shape (n, d), got shape {arr.shape}")
             if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
                 raise TypeError(f"{name} must be a numeric array of shape (n, d), got dtype {arr.dtype}")
+            if arr.ndim != 2:
+                raise ValueError(f"{name} must be a 2-D array of shape (n, d), got shape {arr.shape}")
         if text_arr.shape[0] != image_arr.shape[0]:
             raise ValueError("text and image must have the same number of rows (row i of each is a pair), "
                              f"got {text_arr.shape[0]} and {image_arr.shape[0]}")
         if text_arr.shape[1] != image_arr.shape[1]:
             raise ValueError(f"text and image must have the same dimension, got {text_arr.shape[1]} "
                              f"and {image_arr.shape[1]}")
-        if dim is not None and text_arr.shape[1] != dim:
-            raise ValueError(f"text and image must have dimension d={dim} (the fitted dimension), "
+        if stats is not None and text_arr.shape[1] != stats.dim:
+            raise ValueError(f"text and image must have dimension d={stats.dim} (the fitted dimension), "
                              f"got {text_arr.shape[1]}")
-        if text_arr.shape[0] == 0:
-            raise ValueError("text and image must hold at least one pair, got 0 rows")
-        # Validate every chunk before any state changes.
+        if text_arr.shape[0] == 0 or text_arr.shape[1] == 0:
+            raise ValueError(f"text and image must hold at least one pair of non-empty rows, got shape {text_arr.shape}")
         for start in range(0, len(text_arr), _CHUNK):
-            as_matrix("text", text_arr[start:start + _CHUNK])
-            as_matrix("image", image_arr[start:start + _CHUNK])
-        return text_arr, image_arr
-
-    @staticmethod
-    def _normalized_pairs(text_chunk, image_chunk):
-        text32 = np.array(text_chunk, dtype=np.float32, order="C", copy=True)
-        image32 = np.array(image_chunk, dtype=np.float32, order="C", copy=True)
-        return l2_normalize(text32), l2_normalize(image32)
+            stop = start + _CHUNK
+            chunk = PairStatistics.of(unit_rows("text", text_arr[start:stop], start),
+                                      unit_rows("image", image_arr[start:stop], start), int(self.sample_size))
+            stats = chunk if stats is None else stats.merged(chunk)
+        return stats
 
     # ------------------------------------------------------------------ stage parameters
-    def _stage_params(self, mean_shift: bool, projection: str, count, sums, gram, dim):
-        """Means (when shifting) and per-modality projections for one configuration, from statistics."""
-        text_mean, image_mean, c_tt, c_ti, c_ii = moments(count, sums, gram, dim)
-        if not mean_shift:  # uncentred second moments: the map then acts on the vectors as they are
-            c_tt = gram[:dim, :dim] / count
-            c_ti = gram[:dim, dim:] / count
-        shift = (text_mean, image_mean) if mean_shift else (None, None)
+    @staticmethod
+    def _stage_params(mean_shift: bool, projection: str, moments):
+        """Means (when shifting) and per-modality projections of one configuration, from ``moments``."""
+        count, text_mean, image_mean, text_gram, cross_gram = moments
+        dim = len(text_mean)
+        if mean_shift:  # centred moments: the map then acts on mean-shifted vectors
+            c_tt = text_gram - np.outer(text_mean, text_mean)
+            c_ti = cross_gram - np.outer(text_mean, image_mean)
+            shift = (text_mean, image_mean)
+        else:
+            c_tt, c_ti, shift = text_gram, cross_gram, (None, None)
         if projection == "none":
             return shift, (None, None)
         if projection == "procrustes":
@@ -187,13 +180,21 @@ class GapCalibrator:
 
     @staticmethod
     def _hub_params(reference: np.ndarray):
-        """Mean and scaled top eigenvectors of the reference vectors' covariance (the query population)."""
+        """Mean and leading principal directions (scaled by their std) of the reference vectors, the
+        population of queries an item competes for; a seeded randomised SVD keeps this cheap at large d."""
         ref = reference.astype(np.float64)
         mean = ref.mean(axis=0)
-        cov = np.cov(ref, rowvar=False, bias=True)
-        evals, evecs = np.linalg.eigh(cov)
-        rank = min(_HUBNESS_RANK, len(evals))
-        basis = evecs[:, -rank:] * np.sqrt(np.clip(evals[-rank:], 0, None))
+        centred = (ref - mean) / np.sqrt(len(ref))
+        rank = min(_HUBNESS_RANK, *centred.shape)
+        if min(centred.shape) <= 2 * rank:
+            _, sing, vt = np.linalg.svd(centred, full_matrices=False)
+        else:
+            probe = centred.T @ np.random.default_rng(0).standard_normal((len(centred), 2 * rank))
+            for _ in range(2):  # power iterations sharpen the leading subspace
+                probe, _ = np.linalg.qr(centred.T @ (centred @ probe))
+            _, sing, vt = np.linalg.svd(centred @ probe, full_matrices=False)
+            vt = vt @ probe.T
+        basis = vt[:rank].T * sing[:rank]
         return mean.astype(np.float32), basis.astype(np.float32)
 
     @staticmethod
@@ -232,18 +233,12 @@ class GapCalibrator:
         else:
             chosen = self._select(stats, candidates, n_holdout, report)
         mean_shift, projection = chosen
-        (text_mean, image_mean), (text_proj, image_proj) = self._stage_params(
-            mean_shift, projection, stats.count, stats.sums, stats.gram, dim)
-        all_t, all_i, _, _, _ = moments(stats.count, stats.sums, stats.gram, dim)
-
+        moments = stats.moments()
+        self._install(dim, *self._stage_params(mean_shift, projection, moments), sample_t, sample_i)
         self._stats = stats
-        self.dim_ = dim
         self.n_pairs_ = n
-        self.text_mean_, self.image_mean_ = all_t, all_i
+        self.text_mean_, self.image_mean_ = moments[1], moments[2]
         self.mean_shift_, self.projection_ = mean_shift, projection
-        self._shift = {"text": text_mean, "image": image_mean}
-        self._proj = {"text": text_proj, "image": image_proj}
-        self._set_score_params(sample_t, sample_i)
         report["chosen"] = {"mean_shift": mean_shift, "projection": projection,
                             "hubness": bool(self.hubness), "score_norm": bool(self.score_norm)}
         report["score_mean"] = self.score_mean_.tolist()
@@ -252,32 +247,31 @@ class GapCalibrator:
         self.fingerprint_ = self._fingerprint()
 
     def _select(self, stats, candidates, n_holdout, report):
-        """Pick the stages by cross-modal reciprocal rank on held-out pairs (fit on the rest)."""
-        dim = stats.dim
+        """Pick the stages by mixed-pool reciprocal rank on held-out pairs (stages fitted on the rest)."""
+        from ..metrics import _pair_ranks, score_blocks
+
         hold_t, hold_i = stats.sample_text[:n_holdout], stats.sample_image[:n_holdout]
         ref_t, ref_i = stats.sample_text[n_holdout:], stats.sample_image[n_holdout:]
-        count, sums, gram = stats.without(hold_t, hold_i)
+        train = stats.moments(exclude=n_holdout)
         report["holdout_pairs"] = n_holdout
         rr = {}
         for cand in candidates:
-            (mt, mi), (pt, pi) = self._stage_params(*cand, count, sums, gram, dim)
-            et, ei = self._embed_with(hold_t, mt, pt), self._embed_with(hold_i, mi, pi)
-            s_ti, s_it = et @ ei.T, ei @ et.T
-            if self.hubness:
-                rt, ri = self._embed_with(ref_t, mt, pt), self._embed_with(ref_i, mi, pi)
-                s_ti -= self._hub_term(ei, *self._hub_params(rt))[None, :]
-                s_it -= self._hub_term(et, *self._hub_params(ri))[None, :]
-            ranks = np.concatenate([(s > np.diag(s)[:, None]).sum(axis=1) + 1 for s in (s_ti, s_it)])
+            scratch = GapCalibrator(**self.get_params())
+            scratch._install(stats.dim, *self._stage_params(*cand, train), ref_t, ref_i, _SELECTION_SCORE_SAMPLE)
+            blocks = score_blocks(scratch, hold_t, hold_i)
+            ranks = _pair_ranks(blocks)
             rr[cand] = 1.0 / ranks
+            cross = np.concatenate([(b > np.diag(b)[:, None]).sum(1) == 0 for b in (blocks.ti, blocks.it)])
             report["candidates"].append({"mean_shift": cand[0], "projection": cand[1],
-                                         "holdout_cross_modal_mrr": float(rr[cand].mean()),
-                                         "holdout_cross_modal_r1": float((ranks == 1).mean())})
+                                         "holdout_mixed_mrr": float(rr[cand].mean()),
+                                         "holdout_mixed_r1": float((ranks == 1).mean()),
+                                         "holdout_cross_modal_r1": float(cross.mean())})
         base = candidates[0]
         best = max(candidates, key=lambda c: rr[c].mean())
         diff = rr[best] - rr[base]
-        se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else 0.0
+        se = diff.std(ddof=1) / np.sqrt(len(diff))
         if best != base and diff.mean() > se:
-            report["reason"] = (f"mean_shift={best[0]}, projection={best[1]} raised held-out cross-modal MRR "
+            report["reason"] = (f"mean_shift={best[0]}, projection={best[1]} raised held-out mixed-pool MRR "
                                 f"by {diff.mean():.4f} (> one standard error, {se:.4f}) over the simplest "
                                 f"choice on {n_holdout} held-out pairs")
             return best
@@ -286,7 +280,14 @@ class GapCalibrator:
                             f"pairs (best gain {diff.mean():+.4f}, SE {se:.4f}), so it is kept")
         return base
 
-    def _set_score_params(self, sample_t, sample_i):
+    def _install(self, dim, shift, proj, sample_t, sample_i, score_sample=_SCORE_SAMPLE):
+        """Set the fitted stage parameters, then measure the score parameters on the sample of pairs."""
+        self.dim_ = dim
+        self._shift = {"text": shift[0], "image": shift[1]}
+        self._proj = {"text": proj[0], "image": proj[1]}
+        self._set_score_params(sample_t, sample_i, score_sample)
+
+    def _set_score_params(self, sample_t, sample_i, score_sample):
         """Hubness terms and per-pair-type score statistics, measured on the sample of pairs."""
         emb = {"text": self._embed(sample_t, "text"), "image": self._embed(sample_i, "image")}
         self._hub = {}
@@ -299,8 +300,8 @@ class GapCalibrator:
             return
         for qa, a in enumerate(MODALITIES):
             for qb, b in enumerate(MODALITIES):
-                u = self._query_vectors(emb[a][:_SCORE_SAMPLE], a, b, scaled=False)
-                v = self._item_vectors(emb[b][:_SCORE_SAMPLE], b)
+                u = self._query_vectors(emb[a][:score_sample], a, b, scaled=False)
+                v = self._item_vectors(emb[b][:score_sample], b)
                 s = (u @ v.T).astype(np.float64)
                 off = ~np.eye(len(s), dtype=bool)
                 self.score_mean_[qa, qb] = s[off].mean()
@@ -340,13 +341,17 @@ class GapCalibrator:
         self._check_fitted()
         return self.dim_ + int(bool(self.hubness))
 
+    def embed(self, x, modality="text") -> np.ndarray:
+        """Unit vectors after the fitted mean shift and projection, before scoring (for geometry and plots)."""
+        check_modality("modality", modality)
+        return self._embed(self._prepared("x", x), modality)
+
     def transform(self, x, modality="text") -> np.ndarray:
         """Item vectors to store in an index: float32 (n, output_dim_).
 
         Inner products with ``transform_query`` vectors plus ``score_offset`` give ``similarity``.
         """
-        check_modality("modality", modality)
-        return self._item_vectors(self._embed(self._prepared("x", x), modality), modality)
+        return self._item_vectors(self.embed(x, modality), modality)
 
     def transform_query(self, queries, query_modality="text", item_modality="image") -> np.ndarray:
         """Query vectors for searching items of ``item_modality``: float32 (n, output_dim_)."""
@@ -380,10 +385,12 @@ class GapCalibrator:
                  f"score normalisation: {'on' if self.score_norm else 'off'}",
                  f"  decision: {r['reason']}"]
         if r["candidates"]:
-            lines.append(f"  held-out check on {r['holdout_pairs']} pairs (cross-modal MRR / R@1):")
+            lines.append(f"  held-out check on {r['holdout_pairs']} pairs "
+                         "(mixed-pool MRR / mixed-pool R@1 / cross-modal R@1):")
             for c in r["candidates"]:
                 lines.append(f"    mean_shift={str(c['mean_shift']):5s} projection={c['projection']:11s} "
-                             f"{c['holdout_cross_modal_mrr']:.4f} / {c['holdout_cross_modal_r1']:.4f}")
+                             f"{c['holdout_mixed_mrr']:.4f} / {c['holdout_mixed_r1']:.4f} / "
+                             f"{c['holdout_cross_modal_r1']:.4f}")
         return "\n".join(lines)
 
     def _state_arrays(self) -> dict:

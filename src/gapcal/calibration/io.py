@@ -38,12 +38,16 @@ def atomic_write(path, write) -> None:
 
 
 def save_calibrator(cal, path) -> None:
-    cal._check_fitted()
+    """Options always; the fitted state too when there is one (an unfitted calibrator round-trips as such)."""
+    cal._check_params()
     header = {"format": FORMAT, "format_version": FORMAT_VERSION, "gapcal_version": __version__,
-              "dim": cal.dim_, "n_pairs": cal.n_pairs_, "params": cal.get_params(),
-              "mean_shift": bool(cal.mean_shift_), "projection": cal.projection_,
-              "fit_report": cal.fit_report_, "fingerprint": cal.fingerprint_}
-    arrays = {k: np.asarray(v) for k, v in cal._state_arrays().items()}
+              "params": cal.get_params(), "fitted": hasattr(cal, "dim_")}
+    arrays = {}
+    if header["fitted"]:
+        header.update({"dim": cal.dim_, "n_pairs": cal.n_pairs_, "mean_shift": bool(cal.mean_shift_),
+                       "projection": cal.projection_, "fit_report": cal.fit_report_,
+                       "fingerprint": cal.fingerprint_})
+        arrays = {k: np.asarray(v) for k, v in cal._state_arrays().items()}
     arrays["header"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
     atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
@@ -69,9 +73,15 @@ def load_calibrator(cls, path):
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ValueError(f"{str(path)!r} uses calibrator format version {version!r}; this gapcal "
                          f"({__version__}) reads versions up to {FORMAT_VERSION}: upgrade gapcal")
-    cal = cls(**header["params"])
-    dim = int(header["dim"])
     try:
+        cal = cls(**header["params"])
+        cal._check_params()
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{str(path)!r} holds invalid calibrator options: {exc}") from None
+    if not header.get("fitted"):
+        return cal
+    try:
+        dim = int(header["dim"])
         cal.dim_, cal.n_pairs_ = dim, int(header["n_pairs"])
         cal.mean_shift_, cal.projection_ = bool(header["mean_shift"]), header["projection"]
         cal.text_mean_, cal.image_mean_ = arrays["text_mean"], arrays["image_mean"]

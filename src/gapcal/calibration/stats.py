@@ -1,8 +1,9 @@
 """Mergeable sufficient statistics of paired embeddings.
 
-A calibrator never keeps all pairs: it keeps sums and second moments (float64, O(d^2)) and a bounded
-sample of pairs chosen by a hash of their content (O(cap * d)). Both are independent of the number of
-pairs, identical whatever the chunking, and can be merged across workers (map-reduce).
+A calibrator never keeps all pairs: it keeps sums and the second moments its stages need (float64,
+O(d^2)) and a bounded sample of pairs chosen by a hash of their content (O(cap * d)). Both are
+independent of the number of pairs, identical whatever the chunking, and can be merged across workers
+(map-reduce).
 """
 
 from __future__ import annotations
@@ -28,54 +29,61 @@ def content_keys(text: np.ndarray, image: np.ndarray) -> np.ndarray:
 
 
 class PairStatistics:
-    """Counts, sums and the joint second-moment matrix of unit-normalised (text, image) pairs.
+    """Count, per-modality sums, T^T T and T^T I of unit-normalised (text, image) pairs, plus a sample.
 
-    ``gram`` is the (2d, 2d) matrix [[T^T T, T^T I], [I^T T, I^T I]] accumulated in float64 from
-    float32 chunk products. ``sample_*`` hold the ``capacity`` pairs with the smallest content keys.
+    The products are computed per chunk in float32 (BLAS speed) and accumulated in float64. ``sample_*``
+    hold the ``capacity`` pairs with the smallest content keys, in key order.
     """
 
     def __init__(self, dim: int, capacity: int):
         self.dim = dim
         self.capacity = capacity
         self.count = 0
-        self.sums = np.zeros(2 * dim, dtype=np.float64)
-        self.gram = np.zeros((2 * dim, 2 * dim), dtype=np.float64)
+        self.text_sum = np.zeros(dim)
+        self.image_sum = np.zeros(dim)
+        self.text_gram = np.zeros((dim, dim))
+        self.cross_gram = np.zeros((dim, dim))
         self.sample_keys = np.zeros(0, dtype=np.uint64)
         self.sample_text = np.zeros((0, dim), dtype=np.float32)
         self.sample_image = np.zeros((0, dim), dtype=np.float32)
 
-    def updated(self, text: np.ndarray, image: np.ndarray) -> "PairStatistics":
-        """A new object with these pairs added (self is left untouched, so a failure changes nothing)."""
-        joint = np.concatenate([text, image], axis=1)
-        other = PairStatistics(self.dim, self.capacity)
-        other.count = len(joint)
-        other.sums = joint.sum(axis=0, dtype=np.float64)
-        other.gram = (joint.T @ joint).astype(np.float64)
-        other.sample_keys = content_keys(text, image)
-        other.sample_text, other.sample_image = text, image
-        return self.merged(other)
+    @classmethod
+    def of(cls, text: np.ndarray, image: np.ndarray, capacity: int) -> "PairStatistics":
+        """Statistics of one chunk of unit-normalised float32 pairs."""
+        out = cls(text.shape[1], capacity)
+        out.count = len(text)
+        out.text_sum = text.sum(axis=0, dtype=np.float64)
+        out.image_sum = image.sum(axis=0, dtype=np.float64)
+        out.text_gram = (text.T @ text).astype(np.float64)
+        out.cross_gram = (text.T @ image).astype(np.float64)
+        keys = content_keys(text, image)
+        keep = np.argsort(keys, kind="stable")[:capacity]
+        out.sample_keys, out.sample_text, out.sample_image = keys[keep], text[keep], image[keep]
+        return out
 
     def merged(self, other: "PairStatistics") -> "PairStatistics":
         """The statistics of both sets of pairs; the sample keeps the smallest keys of the union."""
         out = PairStatistics(self.dim, self.capacity)
         out.count = self.count + other.count
-        out.sums = self.sums + other.sums
-        out.gram = self.gram + other.gram
+        for name in ("text_sum", "image_sum", "text_gram", "cross_gram"):
+            setattr(out, name, getattr(self, name) + getattr(other, name))
+        n_mine = len(self.sample_keys)
         keys = np.concatenate([self.sample_keys, other.sample_keys])
         keep = np.argsort(keys, kind="stable")[: self.capacity]
+        mine, theirs = keep < n_mine, keep >= n_mine
         out.sample_keys = keys[keep]
-        out.sample_text = np.concatenate([self.sample_text, other.sample_text])[keep].copy()
-        out.sample_image = np.concatenate([self.sample_image, other.sample_image])[keep].copy()
+        for name in ("sample_text", "sample_image"):
+            rows = np.empty((len(keep), self.dim), dtype=np.float32)
+            rows[mine] = getattr(self, name)[keep[mine]]
+            rows[theirs] = getattr(other, name)[keep[theirs] - n_mine]
+            setattr(out, name, rows)
         return out
 
-    def without(self, text: np.ndarray, image: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
-        """(count, sums, gram) of all pairs except these ones (used to fit on a training split)."""
-        joint = np.concatenate([text, image], axis=1).astype(np.float64)
-        return self.count - len(joint), self.sums - joint.sum(axis=0), self.gram - joint.T @ joint
-
-
-def moments(count: int, sums: np.ndarray, gram: np.ndarray, dim: int):
-    """Means and centred (co)variances of text and image from accumulated sums: (mt, mi, Ctt, Cti, Cii)."""
-    mean = sums / count
-    cov = gram / count - np.outer(mean, mean)
-    return mean[:dim], mean[dim:], cov[:dim, :dim], cov[:dim, dim:], cov[dim:, dim:]
+    def moments(self, exclude: int = 0):
+        """(count, text mean, image mean, E[t t^T], E[t i^T]) over all pairs but the first ``exclude``
+        sample pairs (the held-out ones)."""
+        t = self.sample_text[:exclude].astype(np.float64)
+        i = self.sample_image[:exclude].astype(np.float64)
+        n = self.count - len(t)
+        return (n, (self.text_sum - t.sum(0)) / n, (self.image_sum - i.sum(0)) / n,
+                (self.text_gram - t.T @ t) / n, (self.cross_gram - t.T @ i) / n)

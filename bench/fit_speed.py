@@ -1,0 +1,67 @@
+"""Fit and transform speed of GapCalibrator against plain numpy float32 products of the same shapes.
+
+Targets (issue 2): fit from N x d pairs streamed in chunks <= 2x the time of computing X^T X for both
+modalities with numpy float32; transform throughput >= 80% of a float32 matmul of the same shape.
+
+    python bench/fit_speed.py                 # N = 1,000,000, d = 768 (about 6 GB of input)
+    python bench/fit_speed.py --n 200000      # smaller
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from gapcal import GapCalibrator
+
+
+def best_of(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def make_pairs(n, d, seed=0, chunk=100_000):
+    """CLIP-like synthetic pairs: a shared signal plus modality offsets (the cone), float32."""
+    rng = np.random.default_rng(seed)
+    text, image = np.empty((n, d), np.float32), np.empty((n, d), np.float32)
+    offset_t, offset_i = rng.normal(size=d).astype(np.float32), rng.normal(size=d).astype(np.float32)
+    for s in range(0, n, chunk):
+        m = min(chunk, n - s)
+        signal = rng.standard_normal((m, d), dtype=np.float32)
+        text[s:s + m] = signal + 0.8 * rng.standard_normal((m, d), dtype=np.float32) + offset_t
+        image[s:s + m] = signal + 0.8 * rng.standard_normal((m, d), dtype=np.float32) + offset_i
+    return text, image
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--d", type=int, default=768)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    text, image = make_pairs(args.n, args.d)
+    print(f"pairs: {args.n} x {args.d} float32 per modality")
+
+    gram = best_of(lambda: (text.T @ text, image.T @ image), args.repeats)
+    fit = best_of(lambda: GapCalibrator().fit(text, image), args.repeats)
+    print(f"numpy X^T X, both modalities (float32): {gram:8.2f} s")
+    print(f"GapCalibrator().fit (streamed, 64k-row chunks): {fit:8.2f} s   ratio {fit / gram:.2f} (target <= 2.00)")
+
+    rows = text[:200_000]
+    for label, cal in (("defaults", GapCalibrator().fit(text[:50_000], image[:50_000])),
+                       ("projection='ridge'", GapCalibrator(projection="ridge").fit(text[:50_000], image[:50_000]))):
+        weights = np.random.default_rng(1).standard_normal((args.d, cal.output_dim_), dtype=np.float32)
+        matmul = best_of(lambda: rows @ weights, args.repeats + 1)
+        transform = best_of(lambda: cal.transform(rows, "image"), args.repeats + 1)
+        print(f"transform {label:20s} {len(rows) / transform:12,.0f} rows/s vs matmul {len(rows) / matmul:12,.0f} "
+              f"rows/s: throughput ratio {matmul / transform:.2f} (target >= 0.80)")
+
+
+if __name__ == "__main__":
+    main()

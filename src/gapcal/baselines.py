@@ -1,0 +1,71 @@
+"""Published baselines with the calibrator's ``fit`` / ``embed`` / ``similarity`` interface, for side-by-side tables.
+
+- ``RawCosine``: the model's own cosine.
+- ``GRClip``: per-modality mean centring then re-normalisation (Li et al., 2025, "Closing the Modality
+  Gap for Mixed Modality Search").
+- ``I0TStandardize``: post-hoc per-modality, per-dimension standardisation then re-normalisation
+  (I0T, An et al., ACL 2025).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._checks import MODALITIES, NotFittedError, as_matrix, check_modality, l2_normalize
+
+
+class RawCosine:
+    """Cosine similarity of the raw embeddings; ``fit`` only records the dimension."""
+
+    def fit(self, text, image):
+        self._check_pairs(text, image)
+        self.dim_ = np.shape(text)[1]
+        return self
+
+    def _check_pairs(self, text, image):
+        t, i = as_matrix("text", text, allow_empty=False), as_matrix("image", image, allow_empty=False)
+        if t.shape != i.shape:
+            raise ValueError(f"text and image must have the same shape (paired rows), got {t.shape} and {i.shape}")
+        return t, i
+
+    def _map(self, x, modality):
+        return x
+
+    def embed(self, x, modality="text") -> np.ndarray:
+        """Unit vectors after this baseline's per-modality correction."""
+        check_modality("modality", modality)
+        if not hasattr(self, "dim_"):
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit(text, image) first")
+        x = as_matrix("x", x, dim=self.dim_).copy()
+        return l2_normalize(self._map(l2_normalize(x), modality))
+
+    def similarity(self, queries, items, query_modality="text", item_modality="image") -> np.ndarray:
+        return self.embed(queries, query_modality) @ self.embed(items, item_modality).T
+
+
+class GRClip(RawCosine):
+    """Subtract each modality's mean (of unit vectors), then re-normalise."""
+
+    def fit(self, text, image):
+        t, i = self._check_pairs(text, image)
+        self.dim_ = t.shape[1]
+        self.means_ = {m: l2_normalize(x.copy()).mean(0) for m, x in zip(MODALITIES, (t, i))}
+        return self
+
+    def _map(self, x, modality):
+        return x - self.means_[modality]
+
+
+class I0TStandardize(RawCosine):
+    """Standardise each dimension with the modality's mean and standard deviation, then re-normalise."""
+
+    def fit(self, text, image):
+        t, i = self._check_pairs(text, image)
+        self.dim_ = t.shape[1]
+        units = {m: l2_normalize(x.copy()) for m, x in zip(MODALITIES, (t, i))}
+        self.means_ = {m: u.mean(0) for m, u in units.items()}
+        self.stds_ = {m: np.maximum(u.std(0), 1e-12) for m, u in units.items()}
+        return self
+
+    def _map(self, x, modality):
+        return (x - self.means_[modality]) / self.stds_[modality]
