@@ -19,7 +19,7 @@ _RIDGE_STRENGTHS = (0.1, 1.0, 10.0)
 _MIN_PAIRS = 8
 _MIN_HOLDOUT = 20
 _SCORE_SAMPLE = 2000
-_SELECTION_SCORE_SAMPLE = 1000
+_SELECTION_SAMPLE = 1000
 _CHUNK = 65536
 
 
@@ -179,23 +179,22 @@ class GapCalibrator:
         return l2_normalize(np.ascontiguousarray(y, dtype=np.float32))
 
     @staticmethod
-    def _hub_params(reference: np.ndarray):
-        """Mean and leading principal directions (scaled by their std) of the reference vectors, the
-        population of queries an item competes for; a seeded randomised SVD keeps this cheap at large d."""
+    def _hub_params(reference: np.ndarray, rank: int | None = _HUBNESS_RANK):
+        """Mean of the reference vectors (the population of queries an item competes for) and a basis B
+        with ||e @ B||^2 = e^T C e for their covariance C: exact when ``rank`` is None, else its leading
+        ``rank`` principal directions scaled by their standard deviations."""
         ref = reference.astype(np.float64)
         mean = ref.mean(axis=0)
         centred = (ref - mean) / np.sqrt(len(ref))
-        rank = min(_HUBNESS_RANK, *centred.shape)
-        if min(centred.shape) <= 2 * rank:
-            _, sing, vt = np.linalg.svd(centred, full_matrices=False)
+        if rank is None or rank >= min(centred.shape):
+            basis = centred.T
+        elif len(centred) <= centred.shape[1]:  # eigen-decompose the smaller Gram matrix
+            evals, u = np.linalg.eigh(centred @ centred.T)
+            basis = centred.T @ u[:, ::-1][:, :rank]
         else:
-            probe = centred.T @ np.random.default_rng(0).standard_normal((len(centred), 2 * rank))
-            for _ in range(2):  # power iterations sharpen the leading subspace
-                probe, _ = np.linalg.qr(centred.T @ (centred @ probe))
-            _, sing, vt = np.linalg.svd(centred @ probe, full_matrices=False)
-            vt = vt @ probe.T
-        basis = vt[:rank].T * sing[:rank]
-        return mean.astype(np.float32), basis.astype(np.float32)
+            evals, v = np.linalg.eigh(centred.T @ centred)
+            basis = v[:, ::-1][:, :rank] * np.sqrt(np.clip(evals[::-1][:rank], 0, None))
+        return mean.astype(np.float32), np.ascontiguousarray(basis, dtype=np.float32)
 
     @staticmethod
     def _hub_term(e, hub_mean, hub_basis):
@@ -257,7 +256,7 @@ class GapCalibrator:
         rr = {}
         for cand in candidates:
             scratch = GapCalibrator(**self.get_params())
-            scratch._install(stats.dim, *self._stage_params(*cand, train), ref_t, ref_i, _SELECTION_SCORE_SAMPLE)
+            scratch._install(stats.dim, *self._stage_params(*cand, train), ref_t, ref_i, _SELECTION_SAMPLE, None)
             blocks = score_blocks(scratch, hold_t, hold_i)
             ranks = _pair_ranks(blocks)
             rr[cand] = 1.0 / ranks
@@ -280,28 +279,29 @@ class GapCalibrator:
                             f"pairs (best gain {diff.mean():+.4f}, SE {se:.4f}), so it is kept")
         return base
 
-    def _install(self, dim, shift, proj, sample_t, sample_i, score_sample=_SCORE_SAMPLE):
-        """Set the fitted stage parameters, then measure the score parameters on the sample of pairs."""
+    def _install(self, dim, shift, proj, sample_t, sample_i, sample_rows=_SCORE_SAMPLE, hub_rank=_HUBNESS_RANK):
+        """Set the fitted stage parameters, then measure the score parameters on (up to ``sample_rows`` of)
+        the sample of pairs."""
         self.dim_ = dim
         self._shift = {"text": shift[0], "image": shift[1]}
         self._proj = {"text": proj[0], "image": proj[1]}
-        self._set_score_params(sample_t, sample_i, score_sample)
+        self._set_score_params(sample_t[:sample_rows], sample_i[:sample_rows], hub_rank)
 
-    def _set_score_params(self, sample_t, sample_i, score_sample):
+    def _set_score_params(self, sample_t, sample_i, hub_rank):
         """Hubness terms and per-pair-type score statistics, measured on the sample of pairs."""
         emb = {"text": self._embed(sample_t, "text"), "image": self._embed(sample_i, "image")}
         self._hub = {}
         if self.hubness:  # stats of modality a = the population of queries that hit items of the other one
             for a in MODALITIES:
-                self._hub[a] = self._hub_params(emb[a])
+                self._hub[a] = self._hub_params(emb[a], hub_rank)
         self.score_mean_ = np.zeros((2, 2))
         self.score_std_ = np.ones((2, 2))
         if not self.score_norm:
             return
         for qa, a in enumerate(MODALITIES):
             for qb, b in enumerate(MODALITIES):
-                u = self._query_vectors(emb[a][:score_sample], a, b, scaled=False)
-                v = self._item_vectors(emb[b][:score_sample], b)
+                u = self._query_vectors(emb[a], a, b, scaled=False)
+                v = self._item_vectors(emb[b], b)
                 s = (u @ v.T).astype(np.float64)
                 off = ~np.eye(len(s), dtype=bool)
                 self.score_mean_[qa, qb] = s[off].mean()
