@@ -6,13 +6,15 @@ Builds a random-weight CLIP of CLIP ViT-B/16's size (vision 768 x 12 layers, pat
 * CPU (``--threads`` cores, default 2), fp32: images/s, and texts/s at 16 and 77 tokens, for
   OnnxClipEncoder (ORT_ENABLE_ALL, intra-op threads = cores) and PyTorch eager (same threads).
   Goal: ORT >= 1.3x PyTorch.
-* GPU, when ONNX Runtime really gets the CUDA provider: fp16 graphs with IO binding against PyTorch
-  eager fp16 on the same GPU, with achieved TFLOP/s. Goal: ORT >= 2x PyTorch. Skipped, saying why,
-  on machines where no CUDA session can be created.
+* GPU, when ONNX Runtime really gets the CUDA provider: the fp16 graphs through the encoder's session
+  (IO binding) against PyTorch eager fp16 on the same GPU, with achieved TFLOP/s, both on ready inputs
+  (ORT also copies inputs in and outputs out). Goal: ORT >= 2x PyTorch. Skipped, saying why, on
+  machines where no CUDA session can be created.
 
-The ORT figures are end to end (tokenisation, image preprocessing, sorting, output copies); the PyTorch
-figures are the model's forward pass alone on ready tensors. Medians of ``--repeats`` timed runs after
-one warm-up run. Needs the ``export`` extra (torch, transformers, onnx). Run::
+The CPU ORT figures are end to end (tokenisation, image preprocessing, sorting, output copies); the
+PyTorch figures are the model's forward pass alone on ready tensors. ORT and PyTorch runs alternate (so load
+from other processes hits both alike); rates are medians of ``--repeats`` timed runs after one warm-up,
+the ratio the median of the per-pair ratios. Needs the ``export`` extra (torch, transformers, onnx). Run::
 
     python bench/encode_speed.py              # a few minutes on 2 cores
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -34,6 +37,7 @@ import torch
 from gapcal.encoders import OnnxClipEncoder
 from gapcal.encoders.images import ImagePreprocessor, load_image
 from gapcal.encoders.session import OrtSession
+from gapcal.encoders.spec import TextGraphSpec, VisionGraphSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,15 +69,27 @@ def gflop_per_item(layers: int, tokens: int, width: int, ffn: int, patch_macs: i
     return 2 * (layers * per_layer + patch_macs) / 1e9
 
 
-def median_rate(run, items: int, repeats: int) -> float:
-    """Items per second: median over ``repeats`` timed calls of ``run`` after one warm-up call."""
-    run()
-    times = []
+def paired_rates(run_ort, run_torch, items: int, repeats: int) -> tuple[float, float, float]:
+    """Items/s of ORT and PyTorch, and the median per-pair speed ratio.
+
+    The two are timed alternately, ``repeats`` pairs after one warm-up call each, so that background
+    load on a shared machine hits both alike. ``run_torch`` None (no CUDA torch) gives NaN for it.
+    """
+    run_ort()
+    if run_torch is not None:
+        run_torch()
+    ort_times, torch_times = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return items / statistics.median(times)
+        ort_times.append(_timed(run_ort))
+        torch_times.append(_timed(run_torch) if run_torch is not None else float("nan"))
+    ratio = statistics.median(t / o for o, t in zip(ort_times, torch_times))
+    return items / statistics.median(ort_times), items / statistics.median(torch_times), ratio
+
+
+def _timed(run) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
 
 
 def texts_of(tokenizer, tokens: int, count: int) -> list[str]:
@@ -117,81 +133,82 @@ def bench(args) -> None:
         pixels = torch.from_numpy(np.stack([preprocess(load_image(a)) for a in images]))
         rows = []
         with torch.inference_mode():
-            ort_img = median_rate(lambda: encoder.encode_image(images, batch_size=args.batch_images), len(images), args.repeats)
-            pt_img = median_rate(lambda: model.visual_projection(model.vision_model(pixels).pooler_output),
-                                 len(images), args.repeats)
-            rows.append(("images", ort_img, pt_img, flops["images"]))
+            rows.append(("images", *paired_rates(
+                lambda: encoder.encode_image(images, batch_size=len(images)),
+                lambda: model.visual_projection(model.vision_model(pixels).pooler_output),
+                len(images), args.repeats), flops["images"]))
             for n in (16, 77):
                 ids = torch.tensor([tokenizer.encode(t).ids for t in texts[n]])
-                mask = torch.ones_like(ids)
-                ort_txt = median_rate(lambda: encoder.encode_text(texts[n], batch_size=args.batch_texts), len(texts[n]), args.repeats)
-                pt_txt = median_rate(
-                    lambda: model.text_projection(model.text_model(ids, attention_mask=mask).pooler_output),
-                    len(texts[n]), args.repeats)
-                rows.append((f"texts, {n} tokens", ort_txt, pt_txt, flops[n]))
+                rows.append((f"texts, {n} tokens", *paired_rates(
+                    lambda: encoder.encode_text(texts[n], batch_size=len(texts[n])),
+                    lambda: model.text_projection(model.text_model(ids, attention_mask=torch.ones_like(ids)).pooler_output),
+                    len(texts[n]), args.repeats), flops[n]))
 
         print(f"\nCPU, {threads} threads, fp32 (ORT providers: {encoder.providers}; "
-              f"PyTorch {torch.__version__} eager, {torch.get_num_threads()} threads)")
+              f"PyTorch {torch.__version__} eager, {torch.get_num_threads()} threads); "
+              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         _table(rows, "GFLOP/s", 1.0)
         if not cuda_ok:
             print(f"\nGPU part skipped: no CUDA provider was obtained. {why_not}")
             return
 
-        gpu = OnnxClipEncoder(tmp, providers="cuda", precision="fp16")
-        rows = []
-        have_torch_cuda = torch.cuda.is_available()
-        if have_torch_cuda:
+        # GPU: graph runs on ready inputs for both (inputs copied in and outputs copied out for ORT only)
+        vision = OrtSession(Path(tmp) / "onnx" / "vision_model_fp16.onnx", "cuda")
+        text = OrtSession(Path(tmp) / "onnx" / "text_model_fp16.onnx", "cuda")
+        vision_spec = VisionGraphSpec.from_session(vision.session, vision.path)
+        text_spec = TextGraphSpec.from_session(text.session, text.path)
+        torch_cuda = torch.cuda.is_available()
+        if torch_cuda:
             model = model.half().cuda()
-            pixels = pixels.half().cuda()
-        big_images = images * max(1, 256 // len(images))
-        big_texts = {n: texts[n] * max(1, 1024 // len(texts[n])) for n in (16, 77)}
+        gpu_pixels = pixels.repeat(max(1, args.gpu_images // len(pixels)), 1, 1, 1)
+        feeds = {vision_spec.pixel_values.name: gpu_pixels.numpy().astype(vision_spec.pixel_values.dtype)}
+        rows = []
         with torch.inference_mode():
-            ort_img = median_rate(lambda: gpu.encode_image(big_images, batch_size=128), len(big_images), args.repeats)
-            pt_img = float("nan")
-            if have_torch_cuda:
-                batch = pixels.repeat(max(1, 128 // len(pixels)), 1, 1, 1)
+            batch = gpu_pixels.half().cuda() if torch_cuda else None
 
-                def torch_images():
-                    model.visual_projection(model.vision_model(batch).pooler_output)
+            def torch_images():
+                model.visual_projection(model.vision_model(batch).pooler_output)
+                torch.cuda.synchronize()
+
+            rows.append(("images", *paired_rates(
+                lambda: vision.run(feeds, vision_spec.output.name), torch_images if torch_cuda else None,
+                len(gpu_pixels), args.repeats), flops["images"]))
+            for n in (16, 77):
+                ids = torch.tensor([tokenizer.encode(t).ids for t in texts[n]])
+                ids = ids.repeat(max(1, args.gpu_texts // len(ids)), 1)
+                text_feeds = {text_spec.input_ids.name: ids.numpy()}  # no padding: no mask needed
+                if text_spec.attention_mask is not None:
+                    text_feeds[text_spec.attention_mask.name] = np.ones_like(ids.numpy())
+                ids = ids.cuda() if torch_cuda else ids
+
+                def torch_texts():
+                    model.text_projection(model.text_model(ids, attention_mask=torch.ones_like(ids)).pooler_output)
                     torch.cuda.synchronize()
 
-                pt_img = median_rate(torch_images, len(batch), args.repeats)
-            rows.append(("images", ort_img, pt_img, flops["images"]))
-            for n in (16, 77):
-                ort_txt = median_rate(lambda: gpu.encode_text(big_texts[n], batch_size=256), len(big_texts[n]),
-                                      args.repeats)
-                pt_txt = float("nan")
-                if have_torch_cuda:
-                    ids = torch.tensor([tokenizer.encode(t).ids for t in big_texts[n][:256]]).cuda()
-                    mask = torch.ones_like(ids)
-
-                    def torch_texts():
-                        model.text_projection(model.text_model(ids, attention_mask=mask).pooler_output)
-                        torch.cuda.synchronize()
-
-                    pt_txt = median_rate(torch_texts, len(ids), args.repeats)
-                rows.append((f"texts, {n} tokens", ort_txt, pt_txt, flops[n]))
-        print(f"\nGPU ({torch.cuda.get_device_name() if have_torch_cuda else 'CUDA'}), fp16, IO binding "
-              f"(ORT providers: {gpu.providers}); PyTorch eager fp16"
-              + ("" if have_torch_cuda else ": skipped, this torch build has no CUDA"))
+                rows.append((f"texts, {n} tokens", *paired_rates(
+                    lambda: text.run(text_feeds, text_spec.output.name), torch_texts if torch_cuda else None,
+                    len(ids), args.repeats), flops[n]))
+        print(f"\nGPU ({torch.cuda.get_device_name() if torch_cuda else 'CUDA'}), fp16 graphs with IO binding "
+              f"(ORT providers: {vision.providers}) vs PyTorch eager fp16"
+              + ("" if torch_cuda else " (skipped: this torch build has no CUDA)"))
         _table(rows, "TFLOP/s", 1e-3)
 
 
 def _table(rows, unit: str, scale: float) -> None:
     print(f"{'workload':<18}{'ORT /s':>10}{'PyTorch /s':>12}{'ORT/PyTorch':>13}{'ORT ' + unit:>15}{'PT ' + unit:>14}")
-    for name, ort_rate, pt_rate, gflop in rows:
-        print(f"{name:<18}{ort_rate:>10.1f}{pt_rate:>12.1f}{ort_rate / pt_rate:>12.2f}x"
+    for name, ort_rate, pt_rate, ratio, gflop in rows:
+        print(f"{name:<18}{ort_rate:>10.1f}{pt_rate:>12.1f}{ratio:>12.2f}x"
               f"{ort_rate * gflop * scale:>15.1f}{pt_rate * gflop * scale:>14.1f}")
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="CPU cores for both runtimes (default 2)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median)")
-    parser.add_argument("--images", type=int, default=16, help="images per CPU run")
-    parser.add_argument("--texts", type=int, default=128, help="texts per CPU run")
-    parser.add_argument("--batch-images", type=int, default=16)
-    parser.add_argument("--batch-texts", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5, help="timed ORT/PyTorch pairs per workload (median)")
+    parser.add_argument("--images", type=int, default=8, help="images per CPU run (one batch)")
+    parser.add_argument("--texts", type=int, default=32, help="texts per CPU run (one batch)")
+    parser.add_argument("--gpu-images", type=int, default=256, help="images per GPU run (one batch)")
+    parser.add_argument("--gpu-texts", type=int, default=1024, help="texts per GPU run (one batch)")
     bench(parser.parse_args(argv))
 
 

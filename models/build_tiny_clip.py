@@ -97,14 +97,18 @@ def build_model(
     image_size: int,
     patch_size: int,
     projection_dim: int,
+    mlp_ratio: int = 2,
 ) -> CLIPModel:
-    """A randomly initialised CLIPModel (eval mode) whose text tower pools at ``eos_token_id``."""
+    """A randomly initialised CLIPModel (eval mode) whose text tower pools at ``eos_token_id``.
+
+    ``mlp_ratio``: MLP width over hidden width; 2 keeps the test models small, real CLIPs use 4.
+    """
     torch.manual_seed(seed)
     config = CLIPConfig(
         text_config=dict(
             vocab_size=vocab_size,
             hidden_size=text_hidden,
-            intermediate_size=2 * text_hidden,
+            intermediate_size=mlp_ratio * text_hidden,
             num_hidden_layers=text_layers,
             num_attention_heads=text_heads,
             max_position_embeddings=text_positions,
@@ -114,7 +118,7 @@ def build_model(
         ),
         vision_config=dict(
             hidden_size=vision_hidden,
-            intermediate_size=2 * vision_hidden,
+            intermediate_size=mlp_ratio * vision_hidden,
             num_hidden_layers=vision_layers,
             num_attention_heads=vision_heads,
             image_size=image_size,
