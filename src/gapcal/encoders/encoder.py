@@ -64,8 +64,8 @@ class OnnxClipEncoder:
         resolve_providers(providers)  # reject bad values now, not at the first encode
         self.files = ModelFiles.locate(model_dir, precision)
         self.precision = precision
-        #: Text truncation in tokens, resolved (512 or the tokenizer's model_max_length when smaller).
         self._tokenizer_config = read_tokenizer_config(self.files.tokenizer_config)
+        #: Text truncation in tokens, resolved (512, or the tokenizer's model_max_length when smaller).
         self.max_length = resolve_max_length(self._tokenizer_config, max_length)
         self.threads = threads
         self._providers_arg = providers
@@ -105,10 +105,9 @@ class OnnxClipEncoder:
     def _load_vision(self) -> tuple[OrtSession, VisionGraphSpec, ImagePreprocessor]:
         with self._lock:
             if self._vision is None:
+                preprocess = ImagePreprocessor.from_config(json.loads(self.files.preprocessor_config.read_text()))
                 session = OrtSession(self.files.vision_graph, self._providers_arg, self.threads)
                 spec = VisionGraphSpec.from_session(session.session, self.files.vision_graph)
-                config = json.loads(self.files.preprocessor_config.read_text())
-                preprocess = ImagePreprocessor.from_config(config)
                 if spec.image_size is not None and preprocess.output_size != spec.image_size:
                     raise ValueError(
                         f"{self.files.preprocessor_config} makes {preprocess.output_size} images but "
