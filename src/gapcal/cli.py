@@ -1,9 +1,54 @@
-"""The ``gapcal`` command line."""
+"""The ``gapcal`` command line.
+
+Exit codes: 0 success, 1 a user error (one line on stderr; ``--debug`` shows the traceback), 2 a usage error.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+import numpy as np
+
+
+class UserError(Exception):
+    """A problem with the user's input, reported as one line."""
+
+
+def load_array(spec: str, role: str) -> np.ndarray:
+    """An (n, d) array from ``file.npy``, ``file.npz:name``, or ``file.npz`` holding one array or one named ``role``."""
+    path, _, key = spec.partition(":") if spec.count(":") == 1 and not Path(spec).exists() else (spec, "", "")
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"--{role}: no such file: {path}")
+    try:
+        data = np.load(file, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise UserError(f"--{role}: {path} is not a readable .npy/.npz file ({exc})") from None
+    if isinstance(data, np.lib.npyio.NpzFile):
+        with data:
+            names = data.files
+            chosen = key or (role if role in names else names[0] if len(names) == 1 else None)
+            if chosen not in names:
+                found = f"has no array {key!r}" if key else "holds several arrays"
+                raise UserError(f"--{role}: {path} {found}: it holds {names}; name one as {path}:NAME")
+            data = data[chosen]
+    if data.ndim != 2:
+        raise UserError(f"--{role}: expected a 2-D array (n, d), got shape {data.shape} from {spec}")
+    return data
+
+
+def _calibrator_options(args) -> dict:
+    shift = {"auto": "auto", "on": True, "off": False}[args.mean_shift]
+    return {"mean_shift": shift, "projection": args.projection, "hubness": not args.no_hubness,
+            "score_norm": not args.no_score_norm}
+
+
+def _load_calibrator(path):
+    from .calibration import GapCalibrator
+
+    return None if path is None else GapCalibrator.load(path)
 
 
 def _demo(args) -> int:
@@ -25,14 +70,80 @@ def _demo(args) -> int:
     return 0
 
 
+def _fit(args) -> int:
+    from .calibration import GapCalibrator
+
+    text, image = load_array(args.text, "text"), load_array(args.image, "image")
+    cal = GapCalibrator(**_calibrator_options(args)).fit(text, image)
+    cal.save(args.output)
+    print(cal.summary())
+    print(f"saved to {args.output} (fingerprint {cal.fingerprint_})")
+    return 0
+
+
+def _eval(args) -> int:
+    from .baselines import RawCosine
+    from .evaluation import cross_fit, evaluate, format_table
+
+    text, image = load_array(args.text, "text"), load_array(args.image, "image")
+    cal = _load_calibrator(args.calibrator)
+    if cal is None:
+        print("2-fold cross-fit on these pairs (fit on one half, evaluate on the other, swap, average):\n")
+        rows = cross_fit(text, image, seed=args.seed)
+    else:
+        print(f"{args.calibrator} evaluated on these {len(text)} pairs:\n")
+        rows = [("raw cosine", evaluate(RawCosine().fit(text, image), text, image)),
+                ("gapcal (given calibrator)", evaluate(cal, text, image))]
+    print(format_table(rows))
+    return 0
+
+
+def _report(args) -> int:
+    try:
+        from .report import write_report
+    except ImportError as exc:
+        raise UserError(str(exc)) from None
+    text, image = load_array(args.text, "text"), load_array(args.image, "image")
+    page = write_report(text, image, args.output, _load_calibrator(args.calibrator))
+    print(f"wrote {page} with histograms.png and map.png")
+    return 0
+
+
+def _add_pairs(parser):
+    parser.add_argument("--text", required=True, help="text embeddings: .npy, or .npz[:NAME]")
+    parser.add_argument("--image", required=True, help="image embeddings (row i pairs with text row i)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gapcal", description="Fix the modality gap of CLIP-style models "
                                      "inside vector stores.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True)
+
     demo = sub.add_parser("demo", help="fit and evaluate a calibrator on the bundled COCO-500 CLIP embeddings")
     demo.add_argument("--seed", type=int, default=0, help="seed of the 2-fold split (default 0)")
     demo.set_defaults(func=_demo)
+
+    fit = sub.add_parser("fit", help="fit a calibrator on paired embeddings and save it")
+    _add_pairs(fit)
+    fit.add_argument("-o", "--output", required=True, help="calibrator file to write (.npz)")
+    fit.add_argument("--mean-shift", choices=("auto", "on", "off"), default="auto")
+    fit.add_argument("--projection", choices=("auto", "none", "ridge", "procrustes"), default="auto")
+    fit.add_argument("--no-hubness", action="store_true", help="switch the hubness correction off")
+    fit.add_argument("--no-score-norm", action="store_true", help="switch the per-pair-type z-score off")
+    fit.set_defaults(func=_fit)
+
+    ev = sub.add_parser("eval", help="gap and mixed-pool retrieval metrics of paired embeddings")
+    _add_pairs(ev)
+    ev.add_argument("--calibrator", help="evaluate this saved calibrator (default: 2-fold cross-fit)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the 2-fold split (default 0)")
+    ev.set_defaults(func=_eval)
+
+    rep = sub.add_parser("report", help="report.html with pictures of the gap before and after calibration")
+    _add_pairs(rep)
+    rep.add_argument("--calibrator", help="use this saved calibrator (default: fit one on the pairs)")
+    rep.add_argument("-o", "--output", required=True, help="folder to write report.html and PNGs into")
+    rep.set_defaults(func=_report)
     return parser
 
 
@@ -44,7 +155,7 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # output piped into e.g. `head`: stop quietly
         sys.stderr.close()
         return 0
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except (UserError, ValueError, TypeError, FileNotFoundError) as exc:
         if args.debug:
             raise
         print(f"gapcal {args.command}: error: {exc}", file=sys.stderr)

@@ -199,7 +199,8 @@ class GapCalibrator:
     @staticmethod
     def _hub_term(e, hub_mean, hub_basis):
         """CSLS-style level of the queries nearest to each item: mean + z * std of their scores."""
-        spread = np.sqrt(np.einsum("ij,ij->i", p := e @ hub_basis, p))
+        components = e @ hub_basis
+        spread = np.sqrt(np.einsum("ij,ij->i", components, components))
         return _HUBNESS_WEIGHT * (e @ hub_mean + _NEIGHBOURHOOD_Z * spread)
 
     # ------------------------------------------------------------------ finalisation
