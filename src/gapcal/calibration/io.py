@@ -56,6 +56,8 @@ def load_calibrator(cls, path):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"path does not name a calibrator file: {str(path)!r} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{str(path)!r} is not a gapcal calibrator file (not an .npz archive; truncated or corrupt?)")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
