@@ -38,8 +38,8 @@ class ImagePreprocessor:
     resize : target of the resize: ``("shortest_edge", n)`` keeps the aspect ratio,
         ``("exact", (height, width))`` does not; None skips the resize.
     crop : (height, width) of the centre crop, or None for no crop.
-    round_crop_offset : where the crop offset is odd, round it like torchvision (open_clip configs)
-        instead of flooring it like transformers.
+    round_crop_offset : where the margin around the crop is odd, round the crop offset half to even
+        like torchvision (open_clip and jina-clip-v1 configs) instead of flooring it like transformers.
     """
 
     resize: tuple | None
