@@ -93,6 +93,13 @@ def _timed(run) -> float:
     return time.perf_counter() - start
 
 
+def gemm_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """Best fp32 GEMM rate of PyTorch here: the ceiling both runtimes share on CPU."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    return 2 * size**3 / min(_timed(partial(torch.mm, a, b)) for _ in range(repeats)) / 1e9
+
+
 def torch_images(model, pixels, sync: bool = False) -> None:
     model.visual_projection(model.vision_model(pixels).pooler_output)
     if sync:
@@ -159,6 +166,10 @@ def bench(args) -> None:
               f"PyTorch {torch.__version__} eager, {torch.get_num_threads()} threads); "
               f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         _table(rows, "GFLOP/s", 1.0)
+        peak = gemm_peak_gflops()
+        best = max(rate * gflop for _, rate, _, _, gflop in rows)
+        print(f"fp32 GEMM peak here (torch.mm 2048 x 2048, {threads} threads): {peak:.0f} GFLOP/s; "
+              f"ORT's best workload reaches {100 * best / peak:.0f}% of it")
         if not cuda_ok:
             print(f"\nGPU part skipped: no CUDA provider was obtained. {why_not}")
             return
