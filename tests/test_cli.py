@@ -3,6 +3,7 @@
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,3 +92,52 @@ def test_user_errors_are_one_line(pairs, tmp_path, args, message):
 def test_debug_shows_the_traceback(pairs):
     out = run("--debug", "fit", "--text", "missing.npy", "--image", "missing.npy", "-o", "c.npz")
     assert out.returncode != 0 and "Traceback" in out.stderr
+
+
+TINY_MODEL = Path(__file__).resolve().parents[1] / "models" / "tiny-clip"
+COCO_IMAGES = Path(__file__).resolve().parent / "data" / "coco_images"
+
+
+def test_embed_images_and_texts_with_the_tiny_model(tmp_path):
+    out = run("embed", "--model", str(TINY_MODEL), "--images", str(COCO_IMAGES), "-o", str(tmp_path / "img.npy"))
+    assert out.returncode == 0, out.stderr
+    vectors = np.load(tmp_path / "img.npy")
+    ids = (tmp_path / "img.ids.txt").read_text().splitlines()
+    jpegs = sorted(p for p in COCO_IMAGES.iterdir() if p.suffix == ".jpg")
+    assert vectors.shape == (len(jpegs), 32) and vectors.dtype == np.float32
+    assert ids == [str(p) for p in jpegs]
+
+    from gapcal import OnnxClipEncoder
+
+    np.testing.assert_allclose(vectors, OnnxClipEncoder(TINY_MODEL).encode_image(jpegs), atol=1e-6)
+
+    captions = [line.split("\t", 1)[1] for line in (COCO_IMAGES / "captions.tsv").read_text().splitlines()[1:]]
+    (tmp_path / "caps.txt").write_text("\n".join(captions) + "\n")
+    out = run("embed", "--model", str(TINY_MODEL), "--texts", str(tmp_path / "caps.txt"), "-o", str(tmp_path / "t.npy"))
+    assert out.returncode == 0, out.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "t.npy"), OnnxClipEncoder(TINY_MODEL).encode_text(captions), atol=1e-6)
+    assert (tmp_path / "t.ids.txt").read_text().split() == [str(i) for i in range(1, len(captions) + 1)]
+
+
+def test_embed_skips_or_names_unreadable_images(tmp_path):
+    listing = tmp_path / "list.txt"
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    listing.write_text(f"{COCO_IMAGES / '0.jpg'}\nbroken.jpg\n")
+    out = run("embed", "--model", str(TINY_MODEL), "--images", str(listing), "-o", str(tmp_path / "v.npy"))
+    assert out.returncode == 1 and "broken.jpg" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "v.npy").exists()
+    out = run("embed", "--model", str(TINY_MODEL), "--images", str(listing), "-o", str(tmp_path / "v.npy"), "--skip-errors")
+    assert out.returncode == 0 and "skipped 1 unreadable images" in out.stderr
+    assert np.load(tmp_path / "v.npy").shape == (1, 32)
+    assert (tmp_path / "v.ids.txt").read_text().split() == [str(COCO_IMAGES / "0.jpg")]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--images", "{t}/nowhere", "-o", "{t}/v.npy"], "--images: no such folder or list file"),
+    (["--images", "{t}", "-o", "{t}/v.npy"], "--images: no image files"),
+    (["--texts", "{t}/none.txt", "-o", "{t}/v.npy"], "--texts: no such file"),
+    (["--texts", "{t}/none.txt", "-o", "{t}/v.csv"], r"-o/--output must name a .npy file"),
+])
+def test_embed_user_errors(tmp_path, args, message):
+    out = run("embed", "--model", str(TINY_MODEL), *[a.format(t=tmp_path) for a in args])
+    assert out.returncode == 1 and re.search(message, out.stderr), out.stderr

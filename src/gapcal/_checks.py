@@ -55,15 +55,16 @@ def unit_rows(name: str, x, row_offset: int = 0) -> np.ndarray:
     One pass finds the norms; only when one is zero or not finite is the chunk checked in detail, so the
     error can name the rows (counted from ``row_offset``).
     """
-    out = np.array(x, dtype=np.float32, order="C", copy=True)
-    norms = np.sqrt(np.einsum("ij,ij->i", out, out))
+    rows = np.asarray(x)
+    norms = np.sqrt(np.einsum("ij,ij->i", rows, rows))
     bad = ~(np.isfinite(norms) & (norms > 0))
     if bad.any():
-        rows = (np.flatnonzero(bad)[:5] + row_offset).tolist()
-        if not np.isfinite(out[bad]).all():
-            raise ValueError(f"{name} must be finite: rows {rows} hold NaN or inf (or overflow float32)")
-        raise ValueError(f"{name} must not hold all-zero rows (no direction, no cosine): rows {rows}")
-    out /= norms[:, None]
+        where = (np.flatnonzero(bad)[:5] + row_offset).tolist()
+        if not np.isfinite(rows[bad]).all():
+            raise ValueError(f"{name} must be finite: rows {where} hold NaN or inf (or overflow float32)")
+        raise ValueError(f"{name} must not hold all-zero rows (no direction, no cosine): rows {where}")
+    out = np.empty(rows.shape, dtype=np.float32)
+    np.multiply(rows, (1.0 / norms)[:, None], out=out, casting="unsafe")
     return out
 
 

@@ -70,6 +70,61 @@ def _demo(args) -> int:
     return 0
 
 
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def _image_paths(spec: str) -> list[Path]:
+    """Image files of a folder (sorted), or the paths listed one per line in a file (relative to it)."""
+    source = Path(spec)
+    if source.is_dir():
+        paths = sorted(p for p in source.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+        if not paths:
+            raise UserError(f"--images: no image files ({', '.join(sorted(_IMAGE_SUFFIXES))}) in {spec}")
+        return paths
+    if not source.is_file():
+        raise UserError(f"--images: no such folder or list file: {spec}")
+    lines = [line.strip() for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not lines:
+        raise UserError(f"--images: the list file {spec} names no image")
+    return [p if p.is_absolute() else source.parent / p for p in map(Path, lines)]
+
+
+def _embed(args) -> int:
+    try:
+        from .encoders import OnnxClipEncoder
+    except ImportError as exc:
+        raise UserError(f"gapcal embed needs the ONNX extra: pip install 'gapcal[onnx]' ({exc})") from None
+    from ._files import atomic_write
+
+    output = Path(args.output)
+    if output.suffix != ".npy":
+        raise UserError(f"-o/--output must name a .npy file, got {args.output}")
+    encoder = OnnxClipEncoder(args.model, providers=args.providers, precision=args.precision)
+    if args.texts is not None:
+        source = Path(args.texts)
+        if not source.is_file():
+            raise UserError(f"--texts: no such file: {args.texts}")
+        texts = source.read_text(encoding="utf-8").splitlines()
+        vectors = encoder.encode_text(texts, batch_size=args.batch_size)
+        ids = [str(number) for number in range(1, len(texts) + 1)]
+    else:
+        paths = _image_paths(args.images)
+        if args.skip_errors:
+            vectors, ok = encoder.encode_image(paths, batch_size=args.batch_size, on_error="skip")
+            ids = [str(p) for p, good in zip(paths, ok) if good]
+            if not ok.all():
+                print(f"skipped {int((~ok).sum())} unreadable images", file=sys.stderr)
+        else:
+            vectors = encoder.encode_image(paths, batch_size=args.batch_size)
+            ids = [str(p) for p in paths]
+    ids_path = output.with_suffix(".ids.txt")
+    atomic_write(output, lambda fh: np.save(fh, vectors))
+    atomic_write(ids_path, lambda fh: fh.write(("\n".join(ids) + "\n").encode("utf-8")))
+    print(f"wrote {len(vectors)} x {vectors.shape[1]} float32 vectors to {output} and their ids to {ids_path} "
+          f"(ONNX Runtime providers: {', '.join(encoder.providers)})")
+    return 0
+
+
 def _fit(args) -> int:
     from .calibration import GapCalibrator
 
@@ -123,6 +178,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="fit and evaluate a calibrator on the bundled COCO-500 CLIP embeddings")
     demo.add_argument("--seed", type=int, default=0, help="seed of the 2-fold split (default 0)")
     demo.set_defaults(func=_demo)
+
+    embed = sub.add_parser("embed", help="embed images or texts with an ONNX CLIP model folder")
+    embed.add_argument("--model", required=True, help="model folder in the jina-clip-v1 ONNX layout")
+    source = embed.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", help="a folder of images, or a file listing one image path per line")
+    source.add_argument("--texts", help="a UTF-8 file with one text per line")
+    embed.add_argument("-o", "--output", required=True, help=".npy file to write; ids go to OUTPUT.ids.txt")
+    embed.add_argument("--batch-size", type=int, default=32)
+    embed.add_argument("--providers", default="auto", choices=("auto", "cpu", "cuda", "tensorrt"))
+    embed.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
+    embed.add_argument("--skip-errors", action="store_true", help="skip unreadable images instead of stopping")
+    embed.set_defaults(func=_embed)
 
     fit = sub.add_parser("fit", help="fit a calibrator on paired embeddings and save it")
     _add_pairs(fit)
