@@ -141,3 +141,16 @@ def test_embed_skips_or_names_unreadable_images(tmp_path):
 def test_embed_user_errors(tmp_path, args, message):
     out = run("embed", "--model", str(TINY_MODEL), *[a.format(t=tmp_path) for a in args])
     assert out.returncode == 1 and re.search(message, out.stderr), out.stderr
+
+
+def test_export_subcommand_writes_a_folder_the_encoder_runs(tmp_path):
+    """`gapcal export` from a local transformers CLIP folder (the tiny model) to the encoder's layout."""
+    out = run("export", str(TINY_MODEL), str(tmp_path / "exported"), "--exporter", "torch", "--max-length", "32")
+    assert out.returncode == 0, out.stderr
+    from gapcal import OnnxClipEncoder
+
+    enc = OnnxClipEncoder(tmp_path / "exported")
+    np.testing.assert_allclose(enc.encode_text(["a red cat"]), OnnxClipEncoder(TINY_MODEL).encode_text(["a red cat"]),
+                               atol=1e-5)
+    again = run("export", str(TINY_MODEL), str(tmp_path / "exported"))
+    assert again.returncode == 1 and "--overwrite" in again.stderr

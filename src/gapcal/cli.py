@@ -211,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--calibrator", help="use this saved calibrator (default: fit one on the pairs)")
     rep.add_argument("-o", "--output", required=True, help="folder to write report.html and PNGs into")
     rep.set_defaults(func=_report)
+
+    from .export import add_export_parser  # the subcommand's torch imports happen only when it runs
+
+    add_export_parser(sub)
     return parser
 
 
