@@ -1,0 +1,196 @@
+"""FAISS plumbing for MixedIndex: building sub-indexes, per-call search parameters, stored ids.
+
+Everything that knows faiss class names lives here, so the index logic in ``mixed.py`` reads as
+numpy plus a handful of calls.
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+# PQ-style codes need the vector width to be a multiple of their sub-quantizer count. The calibrated
+# width (d, plus one hubness column) rarely is, so it is rounded up to the first multiple of these
+# steps that the factory string accepts; zero columns leave every inner product unchanged.
+_PAD_STEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+# Search-time settings that ``search(..., params=...)`` passes through, and the structure each needs.
+SEARCH_SETTINGS = {"efSearch": "hnsw", "nprobe": "ivf"}
+
+_METRIC_NAMES = {getattr(faiss, name): name for name in dir(faiss) if name.startswith("METRIC_")}
+
+
+def faiss_message(exc: BaseException) -> str:
+    """The readable tail of a faiss C++ error ("Error in ... at file:line: Error: '...' failed: why")."""
+    text = " ".join(str(exc).split())
+    return text.rsplit("Error: ", 1)[-1] if "Error: " in text else text
+
+
+def metric_name(metric: int) -> str:
+    return "faiss." + _METRIC_NAMES.get(metric, f"metric {metric}")
+
+
+def check_inner_product(name: str, index) -> None:
+    """Calibrated scores are inner products plus a constant; other metrics rank differently."""
+    if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise ValueError(f"{name} must use faiss.METRIC_INNER_PRODUCT: calibrated scores are inner products "
+                         f"(plus a constant), which {metric_name(index.metric_type)} does not rank by; "
+                         f"got {metric_name(index.metric_type)}")
+
+
+def build_from_spec(spec: str, dim: int):
+    """An empty inner-product index from a factory string and its width (``dim``, zero-padded if needed)."""
+    first_error = None
+    for width in sorted({-(-dim // step) * step for step in _PAD_STEPS}):
+        try:
+            return faiss.index_factory(width, spec, faiss.METRIC_INNER_PRODUCT), width
+        except RuntimeError as exc:
+            first_error = first_error or exc
+    raise ValueError(f"index must be a faiss index_factory string that builds an index for {dim}-d vectors, "
+                     f"got {spec!r}: {faiss_message(first_error)}")
+
+
+def clone_template(index, dim: int):
+    """A private copy of a user's empty index object, checked to be able to hold calibrated vectors."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexIDMap):
+        raise ValueError("index must be a bare faiss structure without an IndexIDMap (MixedIndex maps ids "
+                         f"itself), got {type(index).__name__}")
+    check_inner_product("index", index)
+    if index.ntotal:
+        raise ValueError(f"index must be empty (MixedIndex stores calibrated vectors, not raw ones), got one "
+                         f"holding {index.ntotal} vectors: use MixedIndex.wrap for an index of raw embeddings")
+    if index.d < dim:
+        raise ValueError(f"index must have dimension >= {dim} (the calibrator's output_dim_: the embedding "
+                         f"dimension plus its hubness column), got d={index.d}")
+    try:
+        return faiss.clone_index(index)
+    except RuntimeError as exc:
+        raise TypeError(f"index must be a faiss index type that can be cloned (one copy per modality), got "
+                        f"{type(index).__name__}: {faiss_message(exc)}") from None
+
+
+def with_ids(index):
+    """``index`` ready for ``add_with_ids``: IVF indexes keep ids in their lists, others get an IndexIDMap2."""
+    return index if faiss.try_extract_index_ivf(index) is not None else faiss.IndexIDMap2(index)
+
+
+def can_remove(index) -> bool:
+    """Whether faiss can delete from ``index`` (HNSW cannot); probed with an empty selection."""
+    try:
+        index.remove_ids(faiss.IDSelectorBatch(np.empty(0, dtype=np.int64)))
+    except RuntimeError:
+        return False
+    return True
+
+
+def structures(index) -> set:
+    """Which searchable structures (``"hnsw"``, ``"ivf"``) ``index`` contains, looking through wrappers."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, (faiss.IndexIDMap, faiss.IndexPreTransform)):
+        return structures(index.index)
+    if isinstance(index, faiss.IndexIVF):
+        return {"ivf"}
+    if isinstance(index, faiss.IndexHNSW):
+        return {"hnsw"}
+    return set()
+
+
+def describe(index) -> str:
+    """A factory-style name for messages."""
+    from faiss.contrib.factory_tools import reverse_index_factory
+    try:
+        return reverse_index_factory(index)
+    except Exception:  # reverse_index_factory raises bare NotImplementedError/AssertionError for exotic types
+        return type(faiss.downcast_index(index)).__name__
+
+
+def search_parameters(index, sel=None, settings=None):
+    """Per-call SearchParameters for ``index`` carrying ``sel`` and ``settings``, or None when none are needed.
+
+    A SearchParameters object replaces all of an index's search settings, so the ones not given are copied
+    from the index. Returns ``(params, keep)``: ``keep`` holds the objects faiss only points to.
+    """
+    settings = settings or {}
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexIDMap):  # it translates ``sel`` from user ids to positions itself
+        return search_parameters(index.index, sel, settings)
+    if isinstance(index, faiss.IndexPreTransform):
+        inner, keep = search_parameters(index.index, sel, settings)
+        if inner is None:
+            return None, []
+        params = faiss.SearchParametersPreTransform()
+        params.index_params = inner
+        return params, keep + [inner]
+    if isinstance(index, faiss.IndexIVF):
+        params = faiss.SearchParametersIVF()
+        params.nprobe = int(settings.get("nprobe", index.nprobe))
+        params.max_codes = index.max_codes
+    elif isinstance(index, faiss.IndexHNSW):
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = int(settings.get("efSearch", index.hnsw.efSearch))
+        params.check_relative_distance = index.hnsw.check_relative_distance
+    elif sel is None:
+        return None, []
+    else:
+        params = faiss.SearchParameters()
+    if sel is not None:
+        params.sel = sel
+    return params, [sel]
+
+
+def stored_ids(index) -> np.ndarray:
+    """Every id ``index`` holds (int64, storage order): IndexIDMap's map, IVF list ids, else positions."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexIDMap):
+        return faiss.vector_to_array(index.id_map).astype(np.int64, copy=False)
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None:
+        return np.arange(index.ntotal, dtype=np.int64)
+    lists = ivf.invlists
+    parts = [np.empty(0, dtype=np.int64)]
+    for list_no in range(ivf.nlist):
+        size = lists.list_size(list_no)
+        if size:
+            ptr = lists.get_ids(list_no)
+            parts.append(faiss.rev_swig_ptr(ptr, size).copy())
+            lists.release_ids(list_no, ptr)
+    return np.concatenate(parts)
+
+
+class Reconstructor:
+    """Raw vectors of a user's index by id, without changing what the index stores.
+
+    IndexIDMap cannot reconstruct by id, so its inner index is read at the id's position; IVF indexes
+    need a direct map, so one (a hash table, for arbitrary ids) is added if the index has none.
+    """
+
+    def __init__(self, index):
+        top = faiss.downcast_index(index)
+        self._positions = None
+        self._index = top
+        if isinstance(top, faiss.IndexIDMap) and not isinstance(top, faiss.IndexIDMap2):
+            self._index = faiss.downcast_index(top.index)
+            self._id_map = top
+        ivf = faiss.try_extract_index_ivf(top)
+        if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
+            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+
+    def refresh(self) -> None:
+        """Forget the id -> position table after the index changed."""
+        self._positions = None
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if hasattr(self, "_id_map"):
+            if self._positions is None:
+                id_map = stored_ids(self._id_map)
+                order = np.argsort(id_map, kind="stable")
+                self._positions = (id_map[order], order)
+            sorted_ids, order = self._positions
+            ids = order[np.searchsorted(sorted_ids, ids)].astype(np.int64)
+        try:
+            return self._index.reconstruct_batch(ids)
+        except RuntimeError as exc:
+            raise ValueError(f"the wrapped index ({describe(self._index)}) cannot give back its vectors by id, "
+                             f"which re-scoring needs: {faiss_message(exc)}") from None

@@ -1,0 +1,543 @@
+"""MixedIndex: one searchable store of text and image embeddings, ranked by calibrated score."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+from .._checks import MODALITIES, as_matrix, check_modality
+from ..calibration import GapCalibrator
+from . import _faiss
+
+_CHUNK = 65536
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Ranked results, best first, each (n_queries, k).
+
+    ``ids`` holds the items' ids (-1 where fewer than k items exist), ``scores`` their calibrated scores
+    (-inf there) and ``modalities`` "text" or "image" ("" there).
+    """
+
+    ids: np.ndarray
+    scores: np.ndarray
+    modalities: np.ndarray
+
+
+class _ReadWriteLock:
+    """Concurrent searches, exclusive changes; a waiting change blocks new searches so it cannot starve."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+        self._writers_waiting = 0
+
+    @contextmanager
+    def read(self):
+        with self._cond:
+            while self._writing or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self):
+        with self._cond:
+            self._writers_waiting += 1
+            while self._writing or self._readers:
+                self._cond.wait()
+            self._writers_waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
+def _check_calibrator(calibrator) -> GapCalibrator:
+    if not isinstance(calibrator, GapCalibrator):
+        raise TypeError(f"calibrator must be a fitted gapcal GapCalibrator, got {type(calibrator).__name__}")
+    if not hasattr(calibrator, "fingerprint_"):
+        raise ValueError("calibrator must be fitted (call fit(text, image) first), got an unfitted GapCalibrator")
+    return calibrator
+
+
+def _check_ids(name, ids, n=None) -> np.ndarray:
+    """A 1-D int64 array of distinct non-negative ids (faiss reserves -1 for "no result")."""
+    arr = np.asarray(ids)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
+        raise TypeError(f"{name} must be an array of integer ids, got dtype {arr.dtype}")
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array of ids, got shape {arr.shape}")
+    if n is not None and len(arr) != n:
+        raise ValueError(f"{name} must hold one id per vector ({n}), got {len(arr)}")
+    arr = arr.astype(np.int64)
+    if (arr < 0).any():
+        raise ValueError(f"{name} must be non-negative (faiss uses -1 for missing results), got "
+                         f"{arr[arr < 0][:5].tolist()}")
+    uniq, counts = np.unique(arr, return_counts=True)
+    if (counts > 1).any():
+        raise ValueError(f"{name} must not repeat an id, got repeats of {uniq[counts > 1][:5].tolist()}")
+    return arr
+
+
+def _check_k(k) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"k must be a positive integer, got {k!r}")
+    if k < 1:
+        raise ValueError(f"k must be a positive integer, got {k}")
+    return int(k)
+
+
+class _Split:
+    """One faiss index per item modality holding calibrated item vectors (see MixedIndex's notes)."""
+
+    layout = "per-modality"
+    appends_positions = False
+
+    def __init__(self, calibrator, subs: dict, width: int, spec: str):
+        self.cal, self.subs, self.width, self.spec = calibrator, subs, width, spec
+        self.removable = {m: _faiss.can_remove(subs[m]) for m in MODALITIES}
+        self._hidden = {m: None for m in MODALITIES}  # selectors that skip ids faiss could not delete
+
+    def _padded(self, vectors: np.ndarray) -> np.ndarray:
+        if vectors.shape[1] == self.width:
+            return vectors
+        out = np.zeros((len(vectors), self.width), dtype=np.float32)
+        out[:, :vectors.shape[1]] = vectors
+        return out
+
+    def is_trained(self, modality) -> bool:
+        return bool(self.subs[modality].is_trained)
+
+    def train(self, modality, x) -> None:
+        sub = self.subs[modality]
+        try:
+            sub.train(self._padded(self.cal.transform(x, modality)))
+        except RuntimeError as exc:
+            raise ValueError(f"vectors could not train the {modality} items' index ({self.spec}): "
+                             f"{_faiss.faiss_message(exc)}") from None
+
+    def add(self, modality, x, ids) -> None:
+        sub = self.subs[modality]
+        for start in range(0, len(x), _CHUNK):
+            chunk = self._padded(self.cal.transform(x[start:start + _CHUNK], modality))
+            sub.add_with_ids(chunk, ids[start:start + _CHUNK])
+
+    def remove(self, modality, ids) -> bool:
+        if not self.removable[modality]:
+            return False
+        self.subs[modality].remove_ids(faiss.IDSelectorBatch(ids))
+        return True
+
+    def refresh(self, modality, live, hidden) -> None:
+        if len(hidden):
+            inner = faiss.IDSelectorBatch(hidden)
+            self._hidden[modality] = (faiss.IDSelectorNot(inner), inner)
+        else:
+            self._hidden[modality] = None
+
+    def search(self, queries, query_modality, modality, k, settings):
+        u = self._padded(self.cal.transform_query(queries, query_modality, modality))
+        hidden = self._hidden[modality]
+        params, keep = _faiss.search_parameters(self.subs[modality], hidden and hidden[0], settings)
+        scores, ids = self.subs[modality].search(u, k, params=params)
+        del keep
+        return scores + np.float32(self.cal.score_offset(query_modality, modality)), ids
+
+    def structures(self) -> set:
+        return _faiss.structures(self.subs["text"])
+
+
+class _Wrapped:
+    """A user's faiss index of raw embeddings, searched one item modality at a time (see MixedIndex.wrap)."""
+
+    layout = "wrapped"
+    removable = {m: False for m in MODALITIES}
+
+    def __init__(self, calibrator, index, candidates: int):
+        self.cal, self.index, self.candidates = calibrator, index, candidates
+        self.width = index.d
+        self.spec = _faiss.describe(index)
+        params, keep = _faiss.search_parameters(index, faiss.IDSelectorBatch(np.empty(0, dtype=np.int64)))
+        try:
+            index.search(np.zeros((1, index.d), dtype=np.float32), 1, params=params)
+        except RuntimeError as exc:
+            raise ValueError(f"index must accept faiss ID selectors, through which wrap searches one modality at a "
+                             f"time; a {self.spec} index does not ({_faiss.faiss_message(exc)}): use reindex=True"
+                             ) from None
+        del keep
+        self._reconstruct = _faiss.Reconstructor(index)
+        self._selectors = {m: None for m in MODALITIES}
+        self.appends_positions = (faiss.try_extract_index_ivf(index) is None
+                                   and not isinstance(faiss.downcast_index(index), faiss.IndexIDMap))
+
+    def is_trained(self, modality) -> bool:
+        return True  # wrap() refuses untrained indexes
+
+    def add(self, modality, x, ids) -> None:
+        if self.appends_positions:  # its ids are positions: MixedIndex.add checked they are the next ones
+            self.index.add(x)
+        else:
+            self.index.add_with_ids(x, ids)
+        self._reconstruct.refresh()
+
+    def remove(self, modality, ids) -> bool:
+        return False  # hidden through the selectors: the user's index is not rewritten
+
+    def refresh(self, modality, live, hidden) -> None:
+        self._selectors[modality] = faiss.IDSelectorBatch(live)
+
+    def _candidate_queries(self, u, modality):
+        """The linear part of the calibrated score as a query on raw vectors, for candidate generation.
+
+        Item vectors are ``normalize(normalize(x) @ P - o)`` then get a hubness column; dropping both
+        normalisations and the hubness column leaves ``<u, x @ P> + const``, i.e. a query ``u @ P.T``.
+        """
+        q = u[:, :self.cal.dim_]
+        proj = self.cal._proj[modality]
+        return np.ascontiguousarray(q if proj is None else q @ proj.T.astype(np.float32), dtype=np.float32)
+
+    def search(self, queries, query_modality, modality, k, settings):
+        u = self.cal.transform_query(queries, query_modality, modality)
+        n_cand = k * self.candidates
+        params, keep = _faiss.search_parameters(self.index, self._selectors[modality], settings)
+        _, ids = self.index.search(self._candidate_queries(u, modality), n_cand, params=params)
+        del keep
+        found = ids >= 0
+        scores = np.full(ids.shape, -np.inf, dtype=np.float32)
+        if found.any():
+            rows = np.nonzero(found)[0]
+            items = self.cal.transform(self._reconstruct(ids[found]), modality)
+            scores[found] = np.einsum("ij,ij->i", u[rows], items) + np.float32(
+                self.cal.score_offset(query_modality, modality))
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+
+    def structures(self) -> set:
+        return _faiss.structures(self.index)
+
+
+class MixedIndex:
+    """Text and image embeddings in one FAISS-backed store, searched as one list ranked by calibrated score.
+
+    ``MixedIndex(calibrator, "HNSW32")`` takes a faiss ``index_factory`` string or an empty
+    ``faiss.Index`` (inner-product metric, width ``calibrator.output_dim_``). ``add`` takes raw model
+    embeddings and stores ``calibrator.transform`` of them; ``search`` returns items of both modalities
+    (or one, with ``item_modality``) ordered by ``calibrator.similarity``.
+
+    Why one faiss index per item modality: within one (query modality, item modality) pair the
+    calibrated score is an inner product plus a constant, so faiss's top-k is exact for it; between item
+    modalities the query vector itself differs (its scale 1/sigma and hubness weight depend on the pair,
+    and the 2x2 scale matrix is far from rank one: sigma_tt*sigma_ii / (sigma_ti*sigma_it) is about 5 on
+    COCO), so no single faiss query ranks both. Each modality's index is searched with its own query and
+    the two top-k lists are merged. Separate indexes beat one index with ID selectors: a flat index keeps
+    its BLAS path (faiss scans selector-filtered flat indexes row by row) and each HNSW walk or IVF scan
+    covers only its own modality's items. Costs against bare faiss on the same vectors: flat indexes
+    scan the same rows; IVF pays one extra coarse quantisation per query, HNSW one extra graph walk.
+
+    Thread safety: searches run concurrently; ``add``, ``remove`` and ``train`` wait for running
+    searches and block new ones while they change the index.
+    """
+
+    def __init__(self, calibrator, index="Flat"):
+        cal = _check_calibrator(calibrator)
+        dim = cal.output_dim_
+        if isinstance(index, str):
+            first, width = _faiss.build_from_spec(index, dim)
+            second, spec = faiss.clone_index(first), index
+        elif isinstance(index, faiss.Index):
+            first = _faiss.clone_template(index, dim)
+            second, width, spec = faiss.clone_index(first), first.d, _faiss.describe(first)
+        else:
+            raise TypeError(f"index must be a faiss index_factory string or an empty faiss.Index, got "
+                            f"{type(index).__name__}")
+        subs = {"text": _faiss.with_ids(first), "image": _faiss.with_ids(second)}
+        self._setup(cal, _Split(cal, subs, width, spec))
+
+    def _setup(self, cal, backend, live=None, hidden=None) -> None:
+        self._cal = cal
+        self._fingerprint = cal.fingerprint_
+        self._backend = backend
+        self._lock = _ReadWriteLock()
+        empty = np.empty(0, dtype=np.int64)
+        self._live = dict(live) if live else {m: empty for m in MODALITIES}
+        self._hidden = dict(hidden) if hidden else {m: empty for m in MODALITIES}
+        for m in MODALITIES:
+            backend.refresh(m, self._live[m], self._hidden[m])
+
+    # ------------------------------------------------------------------ wrapping an existing index
+    @classmethod
+    def wrap(cls, index, calibrator, modalities, *, reindex=False, candidates=4) -> "MixedIndex":
+        """Calibrated mixed search over an existing faiss index of RAW embeddings with the user's ids.
+
+        ``modalities`` maps "text" and "image" to the ids of that modality; together they must list
+        every id in ``index`` exactly once. Nothing is re-embedded. Two paths:
+
+        * ``reindex=False`` (default): the index is searched in place, once per item modality through an
+          ID selector. The calibration's linear part acts on the query side (<u, x @ P> = <u @ P.T, x>),
+          but its L2 re-normalisations and the item-side hubness column are nonlinear in the item, so
+          this fetches ``candidates * k`` items per modality by the linear part and re-scores them exactly
+          from their stored vectors (``reconstruct``). Returned scores are exact calibrated scores; the
+          approximation is only which items become candidates (measured: recall@10 in
+          ``bench/index_speed.py`` and the tests). The index must use the inner-product metric and keep
+          ``d == calibrator.dim_``; an IVF index without a direct map gets a hash-table one (for
+          reconstruct by id); nothing else in it changes. ``remove`` hides ids without deleting them.
+        * ``reindex=True``: every vector is read back with ``reconstruct`` and re-indexed in a new
+          per-modality MixedIndex of the same faiss structure (exact as a native one; costs a rebuild,
+          works for any metric). PQ/SQ codes give back approximate vectors, and those are what is indexed.
+        """
+        cal = _check_calibrator(calibrator)
+        if not isinstance(index, faiss.Index):
+            raise TypeError(f"index must be a faiss.Index holding raw embeddings, got {type(index).__name__}")
+        index = faiss.downcast_index(index)
+        if index.d != cal.dim_:
+            raise ValueError(f"index must hold raw embeddings of the calibrator's dimension d={cal.dim_}, "
+                             f"got an index with d={index.d}")
+        if isinstance(candidates, bool) or not isinstance(candidates, (int, np.integer)) or candidates < 1:
+            raise ValueError(f"candidates must be a positive integer (candidates per result), got {candidates!r}")
+        if not index.is_trained:
+            raise ValueError(f"index must be trained and hold the raw embeddings, got an untrained {_faiss.describe(index)}")
+        live = cls._check_modalities(index, modalities)
+        if reindex:
+            return cls._reindexed(index, cal, live)
+        _faiss.check_inner_product("index", index)
+        mixed = cls.__new__(cls)
+        mixed._setup(cal, _Wrapped(cal, index, int(candidates)), live)
+        return mixed
+
+    @staticmethod
+    def _check_modalities(index, modalities) -> dict:
+        if not isinstance(modalities, Mapping):
+            raise TypeError("modalities must map 'text' and 'image' to arrays of ids, got "
+                            f"{type(modalities).__name__}")
+        unknown = [key for key in modalities if key not in MODALITIES]
+        if unknown:
+            raise ValueError(f"modalities keys must be among {MODALITIES}, got {unknown}")
+        live = {m: _check_ids(f"modalities[{m!r}]", modalities.get(m, np.empty(0, np.int64))) for m in MODALITIES}
+        both = np.intersect1d(live["text"], live["image"])
+        if len(both):
+            raise ValueError(f"modalities must give each id one modality, got ids in both: {both[:5].tolist()}")
+        stored = _faiss.stored_ids(index)
+        listed = np.concatenate([live["text"], live["image"]])
+        missing = np.setdiff1d(stored, listed)
+        extra = np.setdiff1d(listed, stored)
+        if len(missing):
+            raise ValueError(f"modalities must cover every id in the index: {len(missing)} are missing, e.g. "
+                             f"{missing[:5].tolist()}")
+        if len(extra):
+            raise ValueError(f"modalities lists {len(extra)} ids that the index does not hold, e.g. "
+                             f"{extra[:5].tolist()}")
+        if len(stored) != len(np.unique(stored)):
+            raise ValueError("index must hold each id once, got an index with repeated ids")
+        return live
+
+    @classmethod
+    def _reindexed(cls, index, cal, live) -> "MixedIndex":
+        from faiss.contrib.factory_tools import reverse_index_factory
+
+        top = faiss.downcast_index(index)
+        structure = faiss.downcast_index(top.index) if isinstance(top, faiss.IndexIDMap) else top
+        try:
+            spec = reverse_index_factory(structure)
+        except Exception:  # raises bare NotImplementedError/AssertionError for types it cannot name
+            raise ValueError(f"index of type {type(structure).__name__} has no faiss factory string to rebuild "
+                             "it from; build MixedIndex(calibrator, spec) and add the vectors instead") from None
+        mixed = cls(cal, spec)
+        ivf = faiss.try_extract_index_ivf(top)
+        restore = ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap
+        try:
+            read = _faiss.Reconstructor(index)  # may give an IVF index a direct map: taken off again below
+            for m in MODALITIES:
+                if not len(live[m]):
+                    continue
+                vectors = np.concatenate([read(live[m][s:s + _CHUNK]) for s in range(0, len(live[m]), _CHUNK)])
+                if not mixed._backend.is_trained(m):
+                    mixed.train(vectors, m)
+                mixed.add(vectors, m, live[m])
+        finally:
+            if restore:
+                ivf.set_direct_map_type(faiss.DirectMap.NoMap)
+        return mixed
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def calibrator(self) -> GapCalibrator:
+        return self._cal
+
+    @property
+    def layout(self) -> str:
+        """"per-modality" (one faiss index per item modality) or "wrapped" (a user's raw index)."""
+        return self._backend.layout
+
+    @property
+    def spec(self) -> str:
+        """The faiss structure, as a factory string where faiss can name it."""
+        return self._backend.spec
+
+    def faiss_index(self, modality=None):
+        """The underlying faiss index: per modality for the per-modality layout, the wrapped one otherwise."""
+        if self._backend.layout == "wrapped":
+            return self._backend.index
+        return self._backend.subs[check_modality("modality", modality)]
+
+    def count(self, modality) -> int:
+        """Number of searchable items of one modality."""
+        return len(self._live[check_modality("modality", modality)])
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._live.values())
+
+    def __repr__(self) -> str:
+        return (f"MixedIndex({self.spec!r}, layout={self.layout!r}, text={self.count('text')}, "
+                f"image={self.count('image')})")
+
+    def _check_calibrator_unchanged(self) -> None:
+        if self._cal.fingerprint_ != self._fingerprint:
+            raise ValueError(f"the calibrator was refitted after this index was built (fingerprint "
+                             f"{self._fingerprint} -> {self._cal.fingerprint_}), so the stored vectors no longer "
+                             "match it: build a new index with the refitted calibrator")
+
+    def _vectors(self, name, vectors, allow_empty=True):
+        return as_matrix(name, vectors, dim=self._cal.dim_, allow_empty=allow_empty)
+
+    # ------------------------------------------------------------------ changes
+    def train(self, vectors, modality) -> None:
+        """Train one modality's faiss index (IVF, PQ, ...) on raw embeddings of that modality."""
+        check_modality("modality", modality)
+        x = self._vectors("vectors", vectors, allow_empty=False)
+        with self._lock.write():
+            self._check_calibrator_unchanged()
+            if self._backend.layout == "wrapped":
+                raise ValueError("train applies to per-modality indexes; a wrapped index was trained by its owner")
+            if self._backend.is_trained(modality):
+                raise ValueError(f"modality {modality!r}: its faiss index ({self.spec}) is already trained")
+            self._backend.train(modality, x)
+
+    def add(self, vectors, modality="image", ids=None) -> np.ndarray:
+        """Add raw embeddings of one modality; returns their ids (``ids``, or the next free ones)."""
+        check_modality("modality", modality)
+        x = self._vectors("vectors", vectors)
+        with self._lock.write():
+            self._check_calibrator_unchanged()
+            known = np.concatenate([*self._live.values(), *self._hidden.values()])
+            if ids is None:
+                start = int(known.max()) + 1 if len(known) else 0
+                new = np.arange(start, start + len(x), dtype=np.int64)
+            else:
+                new = _check_ids("ids", ids, len(x))
+                taken = new[np.isin(new, known)]
+                if len(taken):
+                    raise ValueError(f"ids must be new, got {len(taken)} already in the index (removed ids of an "
+                                     f"index that cannot delete stay reserved): {taken[:5].tolist()}")
+            if not len(x):
+                return new
+            if not self._backend.is_trained(modality):
+                raise ValueError(f"the {modality} items' faiss index ({self.spec}) is not trained: call "
+                                 f"train(vectors, {modality!r}) first")
+            backend = self._backend
+            if backend.appends_positions:
+                expected = np.arange(backend.index.ntotal, backend.index.ntotal + len(x))
+                if not np.array_equal(new, expected):
+                    raise ValueError(f"ids must continue the wrapped {self.spec} index's positions "
+                                     f"({expected[0]}..{expected[-1]}): its ids are positions, got {new[:5].tolist()}...")
+            backend.add(modality, x, new)
+            self._live[modality] = np.concatenate([self._live[modality], new])
+            backend.refresh(modality, self._live[modality], self._hidden[modality])
+            return new
+
+    def remove(self, ids) -> int:
+        """Remove items by id (all must be present); returns how many were removed.
+
+        Indexes that faiss cannot delete from (HNSW; any wrapped index) keep the vectors but never return
+        them; their ids stay reserved.
+        """
+        gone = _check_ids("ids", ids)
+        with self._lock.write():
+            self._check_calibrator_unchanged()
+            where = {m: np.isin(gone, self._live[m]) for m in MODALITIES}
+            absent = gone[~(where["text"] | where["image"])]
+            if len(absent):
+                raise ValueError(f"ids must all be in the index, got {len(absent)} that are not: {absent[:5].tolist()}")
+            for m in MODALITIES:
+                drop = gone[where[m]]
+                if not len(drop):
+                    continue
+                if not self._backend.remove(m, drop):
+                    self._hidden[m] = np.concatenate([self._hidden[m], drop])
+                self._live[m] = self._live[m][~np.isin(self._live[m], drop)]
+                self._backend.refresh(m, self._live[m], self._hidden[m])
+            return len(gone)
+
+    # ------------------------------------------------------------------ search
+    def _check_settings(self, params) -> dict:
+        if params is None:
+            return {}
+        if not isinstance(params, Mapping):
+            raise TypeError(f"params must be a dict of faiss search settings, got {type(params).__name__}")
+        have = self._backend.structures()
+        for name, value in params.items():
+            if name not in _faiss.SEARCH_SETTINGS:
+                raise ValueError(f"params keys must be among {sorted(_faiss.SEARCH_SETTINGS)}, got {name!r}")
+            if _faiss.SEARCH_SETTINGS[name] not in have:
+                raise ValueError(f"params[{name!r}] applies to {_faiss.SEARCH_SETTINGS[name].upper()} indexes, "
+                                 f"got a {self.spec} index")
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"params[{name!r}] must be a positive integer, got {value!r}")
+        return dict(params)
+
+    def search(self, queries, k=10, query_modality="text", item_modality=None, *, params=None) -> SearchResult:
+        """Top-k items by calibrated score for raw query embeddings.
+
+        ``item_modality=None`` searches both modalities as one ranked list. ``params`` passes faiss
+        search settings through per call (``{"efSearch": 64}`` for HNSW, ``{"nprobe": 16}`` for IVF);
+        without it the faiss index's own settings apply.
+        """
+        check_modality("query_modality", query_modality)
+        targets = MODALITIES if item_modality is None else (check_modality("item_modality", item_modality),)
+        k = _check_k(k)
+        q = self._vectors("queries", queries, allow_empty=False)
+        settings = self._check_settings(params)
+        with self._lock.read():
+            self._check_calibrator_unchanged()
+            parts = [self._backend.search(q, query_modality, m, k, settings) for m in targets]
+        scores = np.concatenate([p[0] for p in parts], axis=1)
+        ids = np.concatenate([p[1] for p in parts], axis=1)
+        codes = np.concatenate([np.full(p[1].shape, MODALITIES.index(m)) for m, p in zip(targets, parts)], axis=1)
+        codes[ids < 0] = len(MODALITIES)
+        scores[ids < 0] = -np.inf
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        ids, scores = np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1)
+        names = np.array([*MODALITIES, ""])[np.take_along_axis(codes, order, 1)]
+        return SearchResult(ids=ids, scores=scores, modalities=names)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path) -> None:
+        """Write the index to the directory ``path`` (see ``gapcal.index.store``); atomic, no pickle."""
+        from .store import save_index
+
+        with self._lock.read():
+            self._check_calibrator_unchanged()
+            save_index(self, path)
+
+    @classmethod
+    def load(cls, path, calibrator=None) -> "MixedIndex":
+        """Read a directory written by ``save``; with ``calibrator``, also refuse one built with another."""
+        from .store import load_index
+
+        return load_index(cls, path, calibrator)

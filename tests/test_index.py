@@ -1,0 +1,369 @@
+"""MixedIndex on the real COCO-500 CLIP embeddings: exactness, recall, ids, removal, threads, bad input."""
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import faiss
+import numpy as np
+import pytest
+
+from gapcal.calibration import GapCalibrator
+from gapcal.data import load_coco500
+from gapcal.index import MixedIndex
+from gapcal.index.mixed import _ReadWriteLock
+
+N = 500
+
+
+@pytest.fixture(scope="module")
+def coco():
+    return load_coco500()
+
+
+@pytest.fixture(scope="module")
+def cal(coco):
+    return GapCalibrator().fit(*coco)
+
+
+@pytest.fixture(scope="module")
+def flat(cal, coco):
+    text, image = coco
+    index = MixedIndex(cal, "Flat")
+    index.add(text, "text", ids=np.arange(N))
+    index.add(image, "image", ids=np.arange(N, 2 * N))
+    return index
+
+
+def brute_force(cal, queries, query_modality, items):
+    """Calibrated scores of every query against ``items`` = {modality: (vectors, ids)}, as (scores, ids)."""
+    scores = np.hstack([cal.similarity(queries, x, query_modality, m) for m, (x, _) in items.items()])
+    ids = np.concatenate([ids for _, ids in items.values()])
+    return scores, ids
+
+
+def assert_ranked_like(result, scores, ids, k, tol=1e-5):
+    """Same ranking as sorting ``scores`` (ids may only differ between items tied within ``tol``)."""
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    want_ids, want_scores = ids[order], np.take_along_axis(scores, order, 1)
+    np.testing.assert_allclose(result.scores, want_scores, atol=tol, rtol=0)
+    position = {int(item): j for j, item in enumerate(ids)}
+    true_scores = np.take_along_axis(scores, np.vectorize(position.get)(result.ids), 1)
+    np.testing.assert_allclose(result.scores, true_scores, atol=tol, rtol=0)
+    differ = result.ids != want_ids
+    assert np.all(np.abs(want_scores[differ] - result.scores[differ]) < tol)  # only tied items swap
+    assert all(len(set(row)) == k for row in result.ids)
+
+
+def recall(found, truth):
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
+
+
+@pytest.mark.parametrize("query_modality", ["text", "image"])
+@pytest.mark.parametrize("k", [1, 10, 2 * N])
+def test_flat_search_equals_brute_force_over_both_modalities(cal, coco, flat, query_modality, k):
+    text, image = coco
+    queries = text if query_modality == "text" else image
+    scores, ids = brute_force(cal, queries, query_modality,
+                              {"text": (text, np.arange(N)), "image": (image, np.arange(N, 2 * N))})
+    result = flat.search(queries, k=k, query_modality=query_modality)
+    assert result.ids.shape == result.scores.shape == result.modalities.shape == (N, k)
+    assert_ranked_like(result, scores, ids, k)
+    np.testing.assert_array_equal(result.modalities, np.where(result.ids < N, "text", "image"))
+
+
+def test_flat_search_of_one_item_modality(cal, coco, flat):
+    text, image = coco
+    result = flat.search(image[:50], k=20, query_modality="image", item_modality="text")
+    scores, ids = brute_force(cal, image[:50], "image", {"text": (text, np.arange(N))})
+    assert_ranked_like(result, scores, ids, 20)
+    assert set(result.modalities.ravel()) == {"text"}
+
+
+def test_calibration_mixes_modalities_where_raw_scores_do_not(flat, coco):
+    text, _ = coco
+    shares = (flat.search(text[:100], k=10).modalities == "image").mean()
+    raw = faiss.IndexFlatIP(512)
+    raw.add(np.vstack(coco))
+    _, raw_ids = raw.search(text[:100], 10)
+    assert (raw_ids >= N).mean() < 0.05 < shares
+
+
+def test_fewer_items_than_k_are_padded(cal, coco):
+    text, image = coco
+    index = MixedIndex(cal, "HNSW32")
+    index.add(text[:3], "text")
+    index.add(image[:2], "image")
+    result = index.search(text[10:12], k=8)
+    assert (result.ids[:, :5] >= 0).all() and (result.ids[:, 5:] == -1).all()
+    assert np.isfinite(result.scores[:, :5]).all() and (result.scores[:, 5:] == -np.inf).all()
+    assert (result.modalities[:, 5:] == "").all() and set(result.modalities[:, :5].ravel()) == {"text", "image"}
+
+
+def test_ids_given_or_continuing_after_the_largest(cal, coco):
+    text, image = coco
+    index = MixedIndex(cal, "Flat")
+    np.testing.assert_array_equal(index.add(text[:3], "text"), [0, 1, 2])
+    np.testing.assert_array_equal(index.add(image[:2], "image", ids=[100, 50]), [100, 50])
+    np.testing.assert_array_equal(index.add(image[2:4], "image"), [101, 102])
+    assert len(index) == 7 and index.count("image") == 4
+    assert index.add(np.empty((0, 512)), "text").shape == (0,) and len(index) == 7
+
+
+@pytest.mark.parametrize("spec", ["Flat", "HNSW32"])
+def test_removed_items_are_never_returned(cal, coco, spec):
+    text, image = coco
+    index = MixedIndex(cal, spec)
+    index.add(text, "text", ids=np.arange(N))
+    index.add(image, "image", ids=np.arange(N, 2 * N))
+    gone = np.concatenate([np.arange(0, N, 3), np.arange(N, 2 * N, 4)])
+    assert index.remove(gone) == len(gone)
+    assert len(index) == 2 * N - len(gone)
+    result = index.search(text[:40], k=2 * N, params={"efSearch": 2 * N} if spec != "Flat" else None)
+    assert not np.isin(result.ids, gone).any()
+    if spec == "Flat":
+        keep_t, keep_i = np.setdiff1d(np.arange(N), gone), np.setdiff1d(np.arange(N, 2 * N), gone)
+        scores, ids = brute_force(cal, text[:40], "text", {"text": (text[keep_t], keep_t),
+                                                           "image": (image[keep_i - N], keep_i)})
+        k = len(ids)
+        result = index.search(text[:40], k=k)
+        assert_ranked_like(result, scores, ids, k)
+
+
+def test_hnsw_keeps_removed_ids_reserved(cal, coco):
+    text, _ = coco
+    index = MixedIndex(cal, "HNSW32")
+    index.add(text[:10], "text")
+    index.remove([3])
+    with pytest.raises(ValueError, match=r"ids must be new, got 1 already in the index .*\[3\]"):
+        index.add(text[3:4], "text", ids=[3])
+    np.testing.assert_array_equal(index.add(text[3:4], "text"), [10])
+
+
+@pytest.mark.parametrize("spec, params", [("HNSW32", None), ("HNSW32", {"efSearch": 10}), ("PQ16np", None),
+                                          ("IVF8,PQ16np", {"nprobe": 2})])
+def test_approximate_recall_is_no_worse_than_bare_faiss(coco, spec, params):
+    text, image = coco
+    held = np.random.default_rng(0).permutation(N)
+    fit, query = held[:400], held[400:]
+    cal = GapCalibrator().fit(text[fit], image[fit])
+    raw = np.vstack([text[fit], image[fit]])
+    bare = faiss.index_factory(512, spec, faiss.METRIC_INNER_PRODUCT)
+    bare.train(raw)
+    bare.add(raw)
+    for name, value in (params or {}).items():
+        faiss.ParameterSpace().set_index_parameter(bare, name, value)
+    index = MixedIndex(cal, spec)
+    for m, x in (("text", text[fit]), ("image", image[fit])):
+        if not index.faiss_index(m).is_trained:
+            index.train(x, m)
+    index.add(text[fit], "text", ids=np.arange(400))
+    index.add(image[fit], "image", ids=np.arange(400, 800))
+    for m, queries in (("text", text[query]), ("image", image[query])):
+        _, bare_ids = bare.search(queries, 10)
+        raw_truth = np.argsort(-(queries @ raw.T), axis=1)[:, :10]
+        scores, ids = brute_force(cal, queries, m, {"text": (text[fit], np.arange(400)),
+                                                    "image": (image[fit], np.arange(400, 800))})
+        truth = ids[np.argsort(-scores, axis=1)[:, :10]]
+        found = index.search(queries, k=10, query_modality=m, params=params).ids
+        assert recall(found, truth) >= recall(bare_ids, raw_truth) - 0.02
+
+
+def test_search_settings_pass_through_to_faiss(cal, coco):
+    text, image = coco
+    index = MixedIndex(cal, "IVF16,Flat")
+    index.train(text, "text")
+    index.train(image, "image")
+    index.add(text, "text", ids=np.arange(N))
+    index.add(image, "image", ids=np.arange(N, 2 * N))
+    scores, ids = brute_force(cal, text[:50], "text", {"text": (text, np.arange(N)), "image": (image, np.arange(N, 2 * N))})
+    assert_ranked_like(index.search(text[:50], k=10, params={"nprobe": 16}), scores, ids, 10)
+    truth = ids[np.argsort(-scores, axis=1)[:, :10]]
+    assert recall(index.search(text[:50], k=10).ids, truth) < 0.9  # the index's own nprobe (1) otherwise
+
+
+def test_pq_widths_are_padded_with_zero_columns(cal, coco):
+    text, image = coco
+    index = MixedIndex(cal, "PQ64x4fs")
+    assert index.faiss_index("text").d == 576 and cal.output_dim_ == 513
+    index.train(text, "text")
+    index.add(text, "text")
+    assert index.search(text[:5], k=3, item_modality="text").ids.shape == (5, 3)
+
+
+def test_faiss_index_object_as_template(cal, coco):
+    text, image = coco
+    template = faiss.IndexHNSWFlat(cal.output_dim_, 16, faiss.METRIC_INNER_PRODUCT)
+    template.hnsw.efSearch = 64
+    index = MixedIndex(cal, template)
+    index.add(text, "text")
+    index.add(image, "image")
+    assert template.ntotal == 0 and index.spec == "HNSW16"
+    assert index.faiss_index("image").ntotal == N
+
+
+def test_concurrent_searches_equal_serial_ones(cal, coco):
+    text, image = coco
+    index = MixedIndex(cal, "HNSW32")
+    index.add(text, "text")
+    index.add(image, "image")
+    batches = [(text if j % 2 else image)[j * 20:(j + 1) * 20] for j in range(20)]
+    modalities = ["text" if j % 2 else "image" for j in range(20)]
+    serial = [index.search(b, k=15, query_modality=m) for b, m in zip(batches, modalities)]
+    with ThreadPoolExecutor(8) as pool:
+        parallel = list(pool.map(lambda bm: index.search(bm[0], k=15, query_modality=bm[1]),
+                                 zip(batches, modalities)))
+    for s, p in zip(serial, parallel):
+        np.testing.assert_array_equal(s.ids, p.ids)
+        np.testing.assert_array_equal(s.scores, p.scores)
+
+
+def test_adds_and_removes_are_atomic_for_concurrent_searches(cal, coco):
+    """Searches during add/remove see the index before or after each change, never in between."""
+    text, image = coco
+    index = MixedIndex(cal, "Flat")
+    index.add(text[:400], "text", ids=np.arange(400))
+    index.add(image[:400], "image", ids=np.arange(400, 800))
+    extra, extra_ids = text[400:], np.arange(1000, 1100)
+    queries = image[400:420]
+    without = index.search(queries, k=30, query_modality="image")
+    index.add(extra, "text", ids=extra_ids)
+    with_extra = index.search(queries, k=30, query_modality="image")
+    assert not np.array_equal(without.ids, with_extra.ids)
+    stop, seen, errors = threading.Event(), [], []
+
+    def writer():
+        try:
+            for _ in range(15):
+                index.remove(extra_ids)
+                index.add(extra, "text", ids=extra_ids)
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+        finally:
+            stop.set()
+
+    def reader():
+        while not stop.is_set():
+            seen.append(index.search(queries, k=30, query_modality="image").ids)
+
+    threads = [threading.Thread(target=writer)] + [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(seen) > 3
+    for ids in seen:
+        assert np.array_equal(ids, without.ids) or np.array_equal(ids, with_extra.ids)
+
+
+def test_read_write_lock_lets_readers_share_and_writers_exclude():
+    lock, inside, log = _ReadWriteLock(), threading.Barrier(2, timeout=5), []
+
+    def read():
+        with lock.read():
+            inside.wait()  # both readers must be inside at once, else this times out
+            log.append("read")
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    for t in readers:
+        t.start()
+    for t in readers:
+        t.join()
+    with lock.write():
+        blocked = threading.Thread(target=lambda: lock.read().__enter__() or log.append("late read"))
+        blocked.start()
+        blocked.join(0.2)
+        assert blocked.is_alive() and log == ["read", "read"]
+    blocked.join(5)
+    assert log == ["read", "read", "late read"]
+
+
+def test_refitted_calibrator_is_refused(coco):
+    text, image = coco
+    cal = GapCalibrator(mean_shift=False, projection="none").fit(text[:200], image[:200])
+    index = MixedIndex(cal, "Flat")
+    index.add(text[:10], "text")
+    cal.partial_fit(text[200:300], image[200:300])
+    with pytest.raises(ValueError, match="calibrator was refitted after this index was built"):
+        index.search(text[:2])
+    with pytest.raises(ValueError, match="calibrator was refitted"):
+        index.add(text[:2], "text")
+
+
+# ---------------------------------------------------------------------- bad input leaves everything as it was
+def _state(index, queries):
+    result = index.search(queries, k=5)
+    return len(index), result.ids.copy(), result.scores.copy()
+
+
+def _assert_same(before, after):
+    assert before[0] == after[0]
+    np.testing.assert_array_equal(before[1], after[1])
+    np.testing.assert_array_equal(before[2], after[2])
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda ix, t: ix.add(t[:, :300], "text"), ValueError, r"vectors must have dimension d=512 .*got shape \(5, 300\)"),
+    (lambda ix, t: ix.add(t, "audio"), ValueError, r"modality must be one of \('text', 'image'\), got 'audio'"),
+    (lambda ix, t: ix.add(t, "text", ids=[0, 1000, 5, 3000, 3001]), ValueError, r"ids must be new, got 3 already in .*\[0, 1000, 5\]"),
+    (lambda ix, t: ix.add(t, "text", ids=[7, 7, 8, 9, 10]), ValueError, r"ids must not repeat an id, got repeats of \[7\]"),
+    (lambda ix, t: ix.add(t, "text", ids=[1000, 1001]), ValueError, r"ids must hold one id per vector \(5\), got 2"),
+    (lambda ix, t: ix.add(t, "text", ids=[-1, 1001, 1002, 1003, 1004]), ValueError, r"ids must be non-negative"),
+    (lambda ix, t: ix.add(t, "text", ids=np.linspace(0, 1, 5) + 2000), TypeError, r"ids must be an array of integer ids"),
+    (lambda ix, t: ix.add(np.where(np.arange(512) == 0, np.nan, t), "text"), ValueError, r"vectors must be finite"),
+    (lambda ix, t: ix.remove([1, 99999]), ValueError, r"ids must all be in the index, got 1 that are not: \[99999\]"),
+    (lambda ix, t: ix.remove([1, 1]), ValueError, r"ids must not repeat an id"),
+    (lambda ix, t: ix.search(t, k=0), ValueError, r"k must be a positive integer, got 0"),
+    (lambda ix, t: ix.search(t, k=-3), ValueError, r"k must be a positive integer, got -3"),
+    (lambda ix, t: ix.search(t, k=2.5), TypeError, r"k must be a positive integer, got 2.5"),
+    (lambda ix, t: ix.search(t[:0]), ValueError, r"queries must hold at least one row, got shape \(0, 512\)"),
+    (lambda ix, t: ix.search(t[:, :10]), ValueError, r"queries must have dimension d=512"),
+    (lambda ix, t: ix.search(t, query_modality="video"), ValueError, r"query_modality must be one of"),
+    (lambda ix, t: ix.search(t, item_modality="txt"), ValueError, r"item_modality must be one of"),
+    (lambda ix, t: ix.search(t, params={"nprobe": 4}), ValueError, r"params\['nprobe'\] applies to IVF indexes, got a HNSW32"),
+    (lambda ix, t: ix.search(t, params={"ef": 4}), ValueError, r"params keys must be among \['efSearch', 'nprobe'\], got 'ef'"),
+    (lambda ix, t: ix.search(t, params={"efSearch": 0}), ValueError, r"params\['efSearch'\] must be a positive integer"),
+    (lambda ix, t: ix.train(t, "text"), ValueError, r"modality 'text': its faiss index \(HNSW32\) is already trained"),
+])
+def test_bad_input_names_the_problem_and_changes_nothing(cal, coco, call, error, match):
+    text, image = coco
+    index = MixedIndex(cal, "HNSW32")
+    index.add(text[:100], "text", ids=np.arange(100))
+    index.add(image[:100], "image", ids=np.arange(1000, 1100))
+    index.remove([5])
+    before = _state(index, text[200:203])
+    with pytest.raises(error, match=match):
+        call(index, text[300:305])
+    _assert_same(before, _state(index, text[200:203]))
+
+
+@pytest.mark.parametrize("make, error, match", [
+    (lambda c: MixedIndex(c, 42), TypeError, r"index must be a faiss index_factory string or an empty faiss.Index, got int"),
+    (lambda c: MixedIndex(c, "NoSuchIndex"), ValueError, r"index must be a faiss index_factory string .* got 'NoSuchIndex'"),
+    (lambda c: MixedIndex(c, faiss.IndexFlatL2(513)), ValueError,
+     r"index must use faiss.METRIC_INNER_PRODUCT.* got faiss.METRIC_L2"),
+    (lambda c: MixedIndex(c, faiss.IndexFlatIP(512)), ValueError, r"index must have dimension >= 513 .* got d=512"),
+    (lambda c: MixedIndex(c, faiss.IndexIDMap(faiss.IndexFlatIP(513))), ValueError, r"without an IndexIDMap"),
+    (lambda c: MixedIndex("calibrator", "Flat"), TypeError, r"calibrator must be a fitted gapcal GapCalibrator, got str"),
+    (lambda c: MixedIndex(GapCalibrator(), "Flat"), ValueError, r"calibrator must be fitted"),
+])
+def test_bad_construction_is_refused(cal, make, error, match):
+    with pytest.raises(error, match=match):
+        make(cal)
+
+
+def test_non_empty_template_is_refused_and_untouched(cal, coco):
+    template = faiss.IndexFlatIP(513)
+    template.add(np.ones((3, 513), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"index must be empty .* holding 3 vectors: use MixedIndex.wrap"):
+        MixedIndex(cal, template)
+    assert template.ntotal == 3
+
+
+def test_untrained_index_asks_for_training(cal, coco):
+    text, _ = coco
+    index = MixedIndex(cal, "IVF16,Flat")
+    with pytest.raises(ValueError, match=r"the text items' faiss index \(IVF16,Flat\) is not trained: call train"):
+        index.add(text[:20], "text")
+    with pytest.raises(ValueError, match=r"vectors could not train the text items' index \(IVF16,Flat\)"):
+        index.train(text[:5], "text")
+    assert len(index) == 0 and not index.faiss_index("text").is_trained
