@@ -139,6 +139,18 @@ def search_parameters(index, sel=None, settings=None):
     return params, [sel]
 
 
+def selector_error(index):
+    """None if ``index`` searches through ID selectors, else faiss's reason (IndexPQ, for one, refuses them)."""
+    params, keep = search_parameters(index, faiss.IDSelectorBatch(np.empty(0, dtype=np.int64)))
+    try:
+        index.search(np.zeros((1, index.d), dtype=np.float32), 1, params=params)
+    except RuntimeError as exc:
+        return faiss_message(exc)
+    finally:
+        del keep
+    return None
+
+
 def stored_ids(index) -> np.ndarray:
     """Every id ``index`` holds (int64, storage order): IndexIDMap's map, IVF list ids, else positions."""
     index = faiss.downcast_index(index)

@@ -138,9 +138,13 @@ def _read_ids(path: Path, header: dict) -> tuple:
 
 def _check_stored(index, path, expected: np.ndarray) -> None:
     stored = _faiss.stored_ids(index)
-    if len(stored) != len(expected) or not np.array_equal(np.sort(stored), np.sort(expected)):
+    if len(stored) != len(expected):
         raise ValueError(f"{str(path)!r} does not match its sidecar: the faiss index holds {len(stored)} items, "
-                         f"the sidecar lists {len(expected)} (or other ids)")
+                         f"the sidecar lists {len(expected)}")
+    unlisted = np.setdiff1d(stored, expected)
+    if len(unlisted):
+        raise ValueError(f"{str(path)!r} does not match its sidecar: the faiss index holds {len(unlisted)} ids the "
+                         f"sidecar does not list, e.g. {unlisted[:5].tolist()}")
 
 
 def load_index(cls, path, calibrator=None):

@@ -1,0 +1,225 @@
+"""MixedIndex save/load: round trips for every layout, atomic overwrites, refusals of mismatched files."""
+
+import json
+import os
+
+import faiss
+import numpy as np
+import pytest
+
+import gapcal.index.store as store
+from gapcal.calibration import GapCalibrator
+from gapcal.data import load_coco500
+from gapcal.index import MixedIndex
+
+N = 500
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_faiss_thread():
+    """These indexes are tiny: one faiss thread avoids OpenMP spin-waits when the cores are busy."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def coco():
+    return load_coco500()
+
+
+@pytest.fixture(scope="module")
+def cal(coco):
+    """The stages the default calibrator selects on COCO-500 (hubness on), without the selection's cost."""
+    return GapCalibrator(mean_shift=False, projection="none").fit(*coco)
+
+
+def build(cal, coco, spec):
+    text, image = coco
+    index = MixedIndex(cal, spec)
+    if not index.faiss_index("text").is_trained:
+        index.train(text, "text")
+        index.train(image, "image")
+    index.add(text, "text", ids=np.arange(N))
+    index.add(image, "image", ids=np.arange(10_000, 10_000 + N))
+    index.remove([3, 10_007])
+    return index
+
+
+def assert_same_results(a, b, queries):
+    for m in ("text", "image"):
+        ra, rb = a.search(queries, k=20, query_modality=m), b.search(queries, k=20, query_modality=m)
+        np.testing.assert_array_equal(ra.ids, rb.ids)
+        np.testing.assert_array_equal(ra.scores, rb.scores)
+        np.testing.assert_array_equal(ra.modalities, rb.modalities)
+
+
+def files(folder):
+    return sorted(os.listdir(folder))
+
+
+@pytest.mark.parametrize("spec", ["Flat", "HNSW32", "IVF16,Flat", "PQ16np"])
+def test_round_trip_keeps_results_ids_and_removals(cal, coco, tmp_path, spec):
+    index = build(cal, coco, spec)
+    index.save(tmp_path / "ix")
+    loaded = MixedIndex.load(tmp_path / "ix")
+    assert len(loaded) == len(index) == 2 * N - 2 and loaded.spec == index.spec
+    assert loaded.calibrator.fingerprint_ == cal.fingerprint_
+    assert_same_results(index, loaded, coco[0][:30])
+    # ids stay taken after loading: removed ones too where faiss could not delete them
+    assert loaded.add(coco[0][:1], "text")[0] == 10_000 + N
+    with pytest.raises(ValueError, match="ids must be new"):
+        loaded.add(coco[0][:1], "text", ids=[4])
+
+
+def test_round_trip_of_a_wrapped_index(cal, coco, tmp_path):
+    text, image = coco
+    raw = faiss.IndexIDMap(faiss.IndexFlatIP(512))
+    raw.add_with_ids(np.vstack([text, image]), np.arange(2 * N) * 3)
+    index = MixedIndex.wrap(raw, cal, {"text": np.arange(N) * 3, "image": np.arange(N, 2 * N) * 3})
+    index.remove([6])
+    index.save(tmp_path / "w")
+    loaded = MixedIndex.load(tmp_path / "w", calibrator=cal)
+    assert loaded.layout == "wrapped" and len(loaded) == 2 * N - 1
+    assert_same_results(index, loaded, image[:30])
+
+
+def test_overwrite_replaces_the_files_of_the_previous_save(cal, coco, tmp_path):
+    index = build(cal, coco, "Flat")
+    index.save(tmp_path / "ix")
+    first = files(tmp_path / "ix")
+    index.add(coco[0][:5], "text")
+    index.save(tmp_path / "ix")
+    second = files(tmp_path / "ix")
+    assert len(first) == len(second) == 5 and not set(first) & set(second) - {"mixed.json"}
+    assert len(MixedIndex.load(tmp_path / "ix")) == len(index)
+
+
+def test_failed_save_leaves_the_previous_save_intact(cal, coco, tmp_path, monkeypatch):
+    index = build(cal, coco, "Flat")
+    index.save(tmp_path / "ix")
+    before = {name: (tmp_path / "ix" / name).read_bytes() for name in files(tmp_path / "ix")}
+    index.add(coco[0][:5], "text")
+    calls = []
+
+    def write_then_fail(idx, path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        faiss.write_index(idx, path)
+
+    monkeypatch.setattr(store.faiss, "write_index", write_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        index.save(tmp_path / "ix")
+    monkeypatch.undo()
+    assert {name: (tmp_path / "ix" / name).read_bytes() for name in files(tmp_path / "ix")} == before
+    assert len(MixedIndex.load(tmp_path / "ix")) == 2 * N - 2
+
+
+def test_failed_first_save_leaves_no_folder(cal, coco, tmp_path, monkeypatch):
+    index = build(cal, coco, "Flat")
+    monkeypatch.setattr(store.faiss, "write_index", lambda idx, path: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        index.save(tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+
+
+def test_save_refuses_a_file_path_or_missing_parent(cal, coco, tmp_path):
+    index = build(cal, coco, "Flat")
+    (tmp_path / "afile").write_text("keep me")
+    with pytest.raises(ValueError, match=r"path must be a directory .* got the file"):
+        index.save(tmp_path / "afile")
+    assert (tmp_path / "afile").read_text() == "keep me"
+    with pytest.raises(ValueError, match=r"path's folder does not exist"):
+        index.save(tmp_path / "no" / "such")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "mixed.json").write_text('{"format": "something else"}')
+    with pytest.raises(ValueError, match=r"is not a gapcal MixedIndex sidecar \(format 'something else'\)"):
+        index.save(tmp_path / "other")
+    assert files(tmp_path / "other") == ["mixed.json"]
+
+
+@pytest.fixture()
+def saved(cal, coco, tmp_path):
+    build(cal, coco, "HNSW32").save(tmp_path / "ix")
+    return tmp_path / "ix"
+
+
+def edit_sidecar(folder, change):
+    header = json.loads((folder / "mixed.json").read_text())
+    change(header)
+    (folder / "mixed.json").write_text(json.dumps(header))
+    return header
+
+
+def test_load_refuses_another_calibrator(saved, coco):
+    other = GapCalibrator(hubness=False, mean_shift=False, projection="none").fit(*coco)
+    with pytest.raises(ValueError, match=r"calibrator must be the one the index was built with \(fingerprint"):
+        MixedIndex.load(saved, calibrator=other)
+
+
+def test_load_refuses_a_swapped_calibrator_file(saved, coco):
+    header = json.loads((saved / "mixed.json").read_text())
+    GapCalibrator(hubness=False, mean_shift=False, projection="none").fit(*coco).save(
+        saved / header["calibrator"]["file"])
+    with pytest.raises(ValueError, match=r"the calibrator file does not match the index \(fingerprint"):
+        MixedIndex.load(saved)
+
+
+def test_load_refuses_mismatched_item_counts(saved):
+    edit_sidecar(saved, lambda h: h["indexes"]["text"].update(ntotal=h["indexes"]["text"]["ntotal"] + 1))
+    with pytest.raises(ValueError, match=r"does not match its sidecar: it holds 500 vectors of dimension 513, "
+                                         r"the sidecar says 501"):
+        MixedIndex.load(saved)
+
+
+def test_load_refuses_mismatched_id_lists(saved):
+    edit_sidecar(saved, lambda h: h["counts"]["image"].update(live=h["counts"]["image"]["live"] - 1))
+    with pytest.raises(ValueError, match=r"does not match its sidecar: live image ids should be 498"):
+        MixedIndex.load(saved)
+
+
+def test_load_refuses_a_mismatched_dimension(saved):
+    edit_sidecar(saved, lambda h: h.update(dim=768))
+    with pytest.raises(ValueError, match=r"the sidecar says d=768, its calibrator has d=512"):
+        MixedIndex.load(saved)
+
+
+def test_load_refuses_swapped_index_files(saved):
+    header = json.loads((saved / "mixed.json").read_text())
+    text_file, image_file = (saved / header["indexes"][m]["file"] for m in ("text", "image"))
+    data = text_file.read_bytes()
+    text_file.write_bytes(image_file.read_bytes())
+    image_file.write_bytes(data)
+    with pytest.raises(ValueError, match=r"the faiss index holds 500 ids the sidecar does not list, e\.g\. \[10000, "):
+        MixedIndex.load(saved)
+
+
+def test_load_refuses_a_corrupt_faiss_file(saved):
+    header = json.loads((saved / "mixed.json").read_text())
+    path = saved / header["indexes"]["image"]["file"]
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"is not a readable faiss index \(truncated or corrupt\)"):
+        MixedIndex.load(saved)
+
+
+def test_load_refuses_missing_files_and_newer_formats(saved, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"path does not hold a saved MixedIndex"):
+        MixedIndex.load(tmp_path / "nothing")
+    header = json.loads((saved / "mixed.json").read_text())
+    os.unlink(saved / header["ids_file"])
+    with pytest.raises(ValueError, match=r"is incomplete: its sidecar names files that are not there"):
+        MixedIndex.load(saved)
+    edit_sidecar(saved, lambda h: h.update(format_version=99))
+    with pytest.raises(ValueError, match=r"uses MixedIndex format version 99; .* upgrade gapcal"):
+        MixedIndex.load(saved)
+
+
+def test_saved_files_are_plain_faiss_and_npz(saved):
+    header = json.loads((saved / "mixed.json").read_text())
+    text_index = faiss.read_index(str(saved / header["indexes"]["text"]["file"]))
+    assert text_index.ntotal == 500 and text_index.d == 513
+    with np.load(saved / header["ids_file"], allow_pickle=False) as ids:
+        assert sorted(ids.files) == ["hidden_image", "hidden_text", "live_image", "live_text"]
+        assert ids["hidden_text"].tolist() == [3]
