@@ -19,6 +19,8 @@ def test_demo_runs_on_bundled_data():
     assert "GapCalibrator fitted on 500 pairs" in out.stdout
     for row in ("raw cosine", "GR-CLIP", "I0T", "gapcal + ridge"):
         assert row in out.stdout
+    assert "3. One FAISS MixedIndex" in out.stdout and out.stdout.count("query: ") == 6
+    assert "image #1 *" in out.stdout  # a caption's own image ranked among mixed results
 
 
 def test_usage_errors_exit_2():
@@ -154,3 +156,59 @@ def test_export_subcommand_writes_a_folder_the_encoder_runs(tmp_path):
                                atol=1e-5)
     again = run("export", str(TINY_MODEL), str(tmp_path / "exported"))
     assert again.returncode == 1 and "--overwrite" in again.stderr
+
+
+def test_index_build_add_search_end_to_end(pairs, tmp_path):
+    import json
+
+    from gapcal import GapCalibrator
+
+    cal_path, index_dir = tmp_path / "cal.npz", tmp_path / "index"
+    text, image = np.load(pairs / "text.npy"), np.load(pairs / "image.npy")
+    GapCalibrator().fit(text[:250], image[:250]).save(cal_path)
+    np.save(tmp_path / "held_text.npy", text[250:])
+    np.save(tmp_path / "held_image.npy", image[250:])
+    np.save(tmp_path / "queries.npy", image[250:253])
+    out = run("index", "build", "--calibrator", str(cal_path), "--text", str(tmp_path / "held_text.npy"),
+              "-o", str(index_dir))
+    assert out.returncode == 0, out.stderr
+    assert "added 250 text items (ids 0..249)" in out.stdout
+    out = run("index", "add", str(index_dir), "--vectors", str(tmp_path / "held_image.npy"), "--modality", "image")
+    assert out.returncode == 0 and "ids 250..499" in out.stdout and "holds 500" in out.stdout, out.stderr
+
+    out = run("index", "search", str(index_dir), "--queries", str(tmp_path / "queries.npy"),
+              "--query-modality", "image", "-k", "7", "--json")
+    assert out.returncode == 0, out.stderr
+    results = json.loads(out.stdout)
+    cal = GapCalibrator.load(cal_path)
+    scores = np.hstack([cal.similarity(image[250:253], text[250:], "image", "text"),
+                        cal.similarity(image[250:253], image[250:], "image", "image")])
+    for q, entry in enumerate(results):
+        expected = np.argsort(-scores[q], kind="stable")[:7]
+        assert [hit["id"] for hit in entry["results"]] == expected.tolist()
+        np.testing.assert_allclose([hit["score"] for hit in entry["results"]], scores[q, expected], atol=1e-4)
+        assert [hit["modality"] for hit in entry["results"]] == ["text" if i < 250 else "image" for i in expected]
+
+    out = run("index", "search", str(index_dir), "--queries", str(tmp_path / "queries.npy"),
+              "--query-modality", "image", "--item-modality", "text", "-k", "3")
+    assert out.returncode == 0 and out.stdout.count("text  id") == 9 and "image id" not in out.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["search", "{t}/missing", "--queries", "{p}/text.npy", "--query-modality", "text"], "missing"),
+    (["search", "{t}/index", "--queries", "{p}/text.npy", "--query-modality", "text", "-k", "0"],
+     "k must be a positive integer, got 0"),
+    (["search", "{t}/index", "--queries", "{p}/text.npy", "--query-modality", "text", "--nprobe", "4"],
+     r"params\['nprobe'\] applies to IVF indexes, got a Flat index"),
+    (["add", "{t}/index", "--vectors", "{p}/vector2d.npy", "--modality", "text"], "dimension d=512"),
+])
+def test_index_user_errors(pairs, tmp_path, args, message):
+    from gapcal import GapCalibrator
+
+    text, image = np.load(pairs / "text.npy"), np.load(pairs / "image.npy")
+    GapCalibrator().fit(text, image).save(tmp_path / "cal.npz")
+    np.save(pairs / "vector2d.npy", np.ones((2, 10), dtype=np.float32))
+    assert run("index", "build", "--calibrator", str(tmp_path / "cal.npz"), "--image", str(pairs / "image.npy"),
+               "-o", str(tmp_path / "index")).returncode == 0
+    out = run("index", *[a.format(t=tmp_path, p=pairs) for a in args])
+    assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1 and re.search(message, out.stderr), out.stderr

@@ -67,6 +67,17 @@ def _demo(args) -> int:
     print("\nown-medium@10: share of the query's own modality in its top 10 (raw CLIP: 1.0).")
     print("dup parity: how often a near-duplicate of the query's own modality outranks the same pair's other-")
     print("modality item (0.5 = the medium does not decide; 1.0 = own medium always first).")
+    try:
+        from .index import demo_rows, format_demo_rows
+    except ImportError:
+        print("\n(install gapcal[faiss] to see mixed-index search results)")
+    else:
+        order = np.random.default_rng(args.seed).permutation(len(text))
+        fit_rows, held = order[:250], order[250:]
+        cal = GapCalibrator().fit(text[fit_rows], image[fit_rows])
+        print("\n3. One FAISS MixedIndex of the 250 held-out captions and 250 held-out images (calibrator fitted")
+        print("   on the other 250 pairs); top 5 for three captions and three images, by raw cosine and calibrated:\n")
+        print(format_demo_rows(demo_rows(text[held], image[held], cal, query_rows=(0, 1, 2), k=5)))
     return 0
 
 
@@ -122,6 +133,66 @@ def _embed(args) -> int:
     atomic_write(ids_path, lambda fh: fh.write(("\n".join(ids) + "\n").encode("utf-8")))
     print(f"wrote {len(vectors)} x {vectors.shape[1]} float32 vectors to {output} and their ids to {ids_path} "
           f"(ONNX Runtime providers: {', '.join(encoder.providers)})")
+    return 0
+
+
+def _open_index(path):
+    try:
+        from .index import MixedIndex
+    except ImportError as exc:
+        raise UserError(f"gapcal index needs the FAISS extra: pip install 'gapcal[faiss]' ({exc})") from None
+    return MixedIndex.load(path)
+
+
+def _add_vectors(index, vectors, modality) -> np.ndarray:
+    """Train the modality's faiss index on these vectors if it needs training, then add them."""
+    if not index.faiss_index(modality).is_trained:
+        index.train(vectors, modality)
+    return index.add(vectors, modality)
+
+
+def _index_build(args) -> int:
+    try:
+        from .index import MixedIndex
+    except ImportError as exc:
+        raise UserError(f"gapcal index needs the FAISS extra: pip install 'gapcal[faiss]' ({exc})") from None
+    cal = _load_calibrator(args.calibrator)
+    index = MixedIndex(cal, args.factory)
+    for modality in ("text", "image"):
+        spec = getattr(args, modality)
+        if spec is not None:
+            ids = _add_vectors(index, load_array(spec, modality), modality)
+            print(f"added {len(ids)} {modality} items (ids {ids[0]}..{ids[-1]})" if len(ids) else f"no {modality} items")
+    index.save(args.output)
+    print(f"saved a {args.factory} MixedIndex of {len(index)} items to {args.output}")
+    return 0
+
+
+def _index_add(args) -> int:
+    index = _open_index(args.index)
+    ids = _add_vectors(index, load_array(args.vectors, "vectors"), args.modality)
+    index.save(args.index)
+    print(f"added {len(ids)} {args.modality} items (ids {ids[0]}..{ids[-1]}); the index holds {len(index)}")
+    return 0
+
+
+def _index_search(args) -> int:
+    import json
+
+    index = _open_index(args.index)
+    params = {name: value for name, value in (("nprobe", args.nprobe), ("efSearch", args.ef_search)) if value}
+    result = index.search(load_array(args.queries, "queries"), k=args.k, query_modality=args.query_modality,
+                          item_modality=args.item_modality, params=params or None)
+    rows = [[{"rank": rank + 1, "id": int(i), "modality": str(m), "score": float(s)}
+             for rank, (i, m, s) in enumerate(zip(ids, mods, scores)) if i >= 0]
+            for ids, mods, scores in zip(result.ids, result.modalities, result.scores)]
+    if args.json:
+        print(json.dumps([{"query": q, "results": r} for q, r in enumerate(rows)]))
+        return 0
+    for q, hits in enumerate(rows):
+        print(f"query {q} ({args.query_modality}):")
+        for hit in hits:
+            print(f"  {hit['rank']:3d}. {hit['modality']:5s} id {hit['id']:<8d} score {hit['score']:8.3f}")
     return 0
 
 
@@ -211,6 +282,31 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--calibrator", help="use this saved calibrator (default: fit one on the pairs)")
     rep.add_argument("-o", "--output", required=True, help="folder to write report.html and PNGs into")
     rep.set_defaults(func=_report)
+
+    index = sub.add_parser("index", help="build, extend and search a calibrated FAISS MixedIndex")
+    index_sub = index.add_subparsers(dest="index_command", required=True)
+    build = index_sub.add_parser("build", help="a new index from a calibrator and optional vectors")
+    build.add_argument("--calibrator", required=True, help="calibrator file written by gapcal fit")
+    build.add_argument("--factory", default="Flat", help="faiss index_factory string (default Flat; e.g. HNSW32)")
+    build.add_argument("--text", help="raw text embeddings to add (.npy or .npz[:NAME])")
+    build.add_argument("--image", help="raw image embeddings to add")
+    build.add_argument("-o", "--output", required=True, help="index folder to write")
+    build.set_defaults(func=_index_build)
+    add = index_sub.add_parser("add", help="add raw embeddings of one modality to a saved index")
+    add.add_argument("index", help="index folder")
+    add.add_argument("--vectors", required=True, help="raw embeddings (.npy or .npz[:NAME])")
+    add.add_argument("--modality", required=True, choices=("text", "image"))
+    add.set_defaults(func=_index_add)
+    search = index_sub.add_parser("search", help="ranked mixed results for raw query embeddings")
+    search.add_argument("index", help="index folder")
+    search.add_argument("--queries", required=True, help="raw query embeddings (.npy or .npz[:NAME])")
+    search.add_argument("--query-modality", required=True, choices=("text", "image"))
+    search.add_argument("--item-modality", choices=("text", "image"), help="only this modality (default both)")
+    search.add_argument("-k", type=int, default=10, help="results per query (default 10)")
+    search.add_argument("--nprobe", type=int, help="IVF lists to visit")
+    search.add_argument("--ef-search", type=int, help="HNSW search breadth")
+    search.add_argument("--json", action="store_true", help="print JSON for machines")
+    search.set_defaults(func=_index_search)
 
     from .export import add_export_parser  # the subcommand's torch imports happen only when it runs
 
