@@ -138,6 +138,11 @@ def test_reopening_with_the_saved_calibrator_finds_the_same_items(store, uri, ca
         np.testing.assert_array_equal(got.scores, want.scores)
 
 
+def test_closing_one_store_leaves_another_on_the_same_uri_working(store, uri, cal, coco):
+    MilvusStore(uri, "coco", cal).close()
+    assert store.search(coco[0][:3], k=5).ids.shape == (3, 5) and len(store) == 2 * N
+
+
 def test_ivf_index_and_search_params_pass_through(uri, mixed, cal, coco):
     text, image = coco
     ivf = MilvusStore(uri, "coco_ivf", cal, index_params={"index_type": "IVF_FLAT", "params": {"nlist": 16}})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -188,8 +189,9 @@ class MilvusStore:
         self._batch_size, self._show_progress = int(batch_size), show_progress
         self._lock = threading.Lock()
         self._rng = np.random.default_rng()
-        try:
-            self._client = MilvusClient(uri=uri, token=token, timeout=timeout)
+        try:  # an alias of its own: pymilvus 2.x shares one connection per uri and close() would end it for
+            # every client of that uri (3.x counts the clients of a shared connection and ignores the alias)
+            self._client = MilvusClient(uri=uri, token=token, timeout=timeout, alias=f"gapcal-{secrets.token_hex(8)}")
         except MilvusException as exc:
             raise ConnectionError(f"could not connect to Milvus at uri={uri!r} (timeout {timeout:g} s): "
                                   f"{exc.message}") from exc
