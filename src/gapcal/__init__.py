@@ -12,11 +12,12 @@ __version__ = "0.1.0"
 from ._checks import NotFittedError  # noqa: E402
 from .calibration import GapCalibrator  # noqa: E402
 
-__all__ = ["GapCalibrator", "NotFittedError", "MixedIndex", "OnnxClipEncoder", "__version__"]
+__all__ = ["GapCalibrator", "NotFittedError", "MixedIndex", "MilvusStore", "OnnxClipEncoder", "__version__"]
 
 _LAZY = {
     "OnnxClipEncoder": "gapcal.encoders",
     "MixedIndex": "gapcal.index",
+    "MilvusStore": "gapcal.stores",
 }
 
 
