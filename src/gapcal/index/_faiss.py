@@ -54,7 +54,7 @@ def clone_template(index, dim: int):
     """A private copy of a user's empty index object, checked to be able to hold calibrated vectors."""
     index = faiss.downcast_index(index)
     if isinstance(index, faiss.IndexIDMap):
-        raise ValueError("index must be a bare faiss structure without an IndexIDMap (MixedIndex maps ids "
+        raise TypeError("index must be a bare faiss structure without an IndexIDMap (MixedIndex maps ids "
                          f"itself), got {type(index).__name__}")
     check_inner_product("index", index)
     if index.ntotal:
@@ -101,7 +101,7 @@ def describe(index) -> str:
     from faiss.contrib.factory_tools import reverse_index_factory
     try:
         return reverse_index_factory(index)
-    except Exception:  # reverse_index_factory raises bare NotImplementedError/AssertionError for exotic types
+    except (NotImplementedError, AssertionError):  # what it raises for types it cannot name
         return type(faiss.downcast_index(index)).__name__
 
 
@@ -111,6 +111,8 @@ def search_parameters(index, sel=None, settings=None):
     A SearchParameters object replaces all of an index's search settings, so the ones not given are copied
     from the index. Returns ``(params, keep)``: ``keep`` holds the objects faiss only points to.
     """
+    if sel is None and not settings:
+        return None, []
     settings = settings or {}
     index = faiss.downcast_index(index)
     if isinstance(index, faiss.IndexIDMap):  # it translates ``sel`` from user ids to positions itself
@@ -130,8 +132,6 @@ def search_parameters(index, sel=None, settings=None):
         params = faiss.SearchParametersHNSW()
         params.efSearch = int(settings.get("efSearch", index.hnsw.efSearch))
         params.check_relative_distance = index.hnsw.check_relative_distance
-    elif sel is None:
-        return None, []
     else:
         params = faiss.SearchParameters()
     if sel is not None:

@@ -1,0 +1,196 @@
+"""MixedIndex versus bare faiss on the same vectors: build time, memory, search time, recall@10.
+
+Data: COCO-500 CLIP ViT-B/16 embeddings (bundled) expanded to N vectors per run, half captions and half
+images: each vector mixes two real vectors of its modality (weight 0.6-1 on the first) plus Gaussian
+noise (0.02 per coordinate) and is L2-normalised. Queries come from the same generator with other
+seeds (half each modality). The calibrator is fitted on the 500 real pairs.
+
+"bare" is one faiss index (same factory string, inner product) over the raw vectors of both modalities;
+"mixed" is ``gapcal.MixedIndex`` over the same vectors, searching both modalities for every query with
+the same k and search settings. Recall@10 is against exact ranking: raw cosine for bare, calibrated score
+for mixed (ground truth from flat indexes over the same vectors).
+
+Run: ``python bench/index_speed.py`` (about 10 minutes on 2 cores; ``--quick`` for a smaller run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import faiss
+import numpy as np
+
+from gapcal.calibration import GapCalibrator
+from gapcal.data import load_coco500
+from gapcal.index import MixedIndex
+
+K = 10
+
+
+def synthesize(base: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """n unit vectors near the span of ``base``'s rows: two-row mixtures plus noise."""
+    rng = np.random.default_rng(seed)
+    base = base / np.linalg.norm(base, axis=1, keepdims=True)
+    out = np.empty((n, base.shape[1]), dtype=np.float32)
+    for start in range(0, n, 100_000):
+        m = min(100_000, n - start)
+        a = rng.uniform(0.6, 1.0, (m, 1)).astype(np.float32)
+        x = a * base[rng.integers(0, len(base), m)] + (1 - a) * base[rng.integers(0, len(base), m)]
+        x += rng.normal(0.0, 0.02, x.shape).astype(np.float32)
+        out[start:start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
+def serialized_bytes(index) -> int:
+    return int(faiss.serialize_index(index).nbytes)
+
+
+def mixed_bytes(mixed: MixedIndex) -> int:
+    ids = sum(mixed._live[m].nbytes + mixed._hidden[m].nbytes for m in ("text", "image"))
+    return sum(serialized_bytes(mixed.faiss_index(m)) for m in ("text", "image")) + ids
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
+
+
+def best_of(repeats: int, run) -> float:
+    """Least disturbed wall time of ``run()`` (the machine may be shared)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def bench(spec, n, cal, text_items, image_items, queries, settings, train_points, repeats, singles):
+    """Build bare and mixed indexes over the same n vectors; time and score searches at each setting."""
+    half = n // 2
+    text_items, image_items = text_items[:half], image_items[:half]
+    raw = np.vstack([text_items, image_items])
+    q_text, q_image = queries
+    nq = len(q_text) + len(q_image)
+    rng = np.random.default_rng(1)
+
+    start = time.perf_counter()
+    bare = faiss.index_factory(raw.shape[1], spec, faiss.METRIC_INNER_PRODUCT)
+    if not bare.is_trained:
+        bare.train(raw[rng.choice(n, min(n, train_points), replace=False)])
+    bare.add(raw)
+    bare_build = time.perf_counter() - start
+
+    start = time.perf_counter()
+    mixed = MixedIndex(cal, spec)
+    for m, items in (("text", text_items), ("image", image_items)):
+        if not mixed.faiss_index(m).is_trained:
+            mixed.train(items[rng.choice(half, min(half, train_points // 2), replace=False)], m)
+    mixed.add(text_items, "text", ids=np.arange(half))
+    mixed.add(image_items, "image", ids=np.arange(half, n))
+    mixed_build = time.perf_counter() - start
+    memory = serialized_bytes(bare), mixed_bytes(mixed)
+
+    exact_raw = faiss.IndexFlatIP(raw.shape[1])
+    exact_raw.add(raw)
+    raw_truth = exact_raw.search(q_text, K)[1], exact_raw.search(q_image, K)[1]
+    del exact_raw
+    exact_cal = mixed if spec == "Flat" else MixedIndex(cal, "Flat")
+    if exact_cal is not mixed:
+        exact_cal.add(text_items, "text", ids=np.arange(half))
+        exact_cal.add(image_items, "image", ids=np.arange(half, n))
+    cal_truth = exact_cal.search(q_text, K, "text").ids, exact_cal.search(q_image, K, "image").ids
+    del exact_cal
+
+    runs = []
+    for params in settings:
+        for name, value in (params or {}).items():
+            faiss.ParameterSpace().set_index_parameter(bare, name, value)
+
+        def bare_search():
+            return bare.search(q_text, K)[1], bare.search(q_image, K)[1]
+
+        def mixed_search(params=params):
+            return (mixed.search(q_text, K, "text", params=params).ids,
+                    mixed.search(q_image, K, "image", params=params).ids)
+
+        bare_batch, mixed_batch = [], []
+        for _ in range(repeats):  # interleaved, so load from other processes hits both alike
+            bare_batch.append(best_of(1, bare_search))
+            mixed_batch.append(best_of(1, mixed_search))
+        bare_found, mixed_found = bare_search(), mixed_search()
+        runs.append({"params": params, "batch": (min(bare_batch) / nq, min(mixed_batch) / nq),
+                     "recall": [(recall(bare_found[j], raw_truth[j]), recall(mixed_found[j], cal_truth[j]))
+                                for j in range(2)],
+                     "image_share": [((bare_found[j] >= half).mean(), (mixed_found[j] >= half).mean())
+                                     for j in range(2)]})
+    # single-query latency at the first setting
+    for name, value in (settings[0] or {}).items():
+        faiss.ParameterSpace().set_index_parameter(bare, name, value)
+    bare_one = best_of(repeats, lambda: [bare.search(q_text[i:i + 1], K) for i in range(singles)])
+    mixed_one = best_of(repeats, lambda: [mixed.search(q_text[i:i + 1], K, "text", params=settings[0])
+                                          for i in range(singles)])
+    return {"spec": spec, "n": n, "build": (bare_build, mixed_build), "memory": memory, "runs": runs,
+            "single": (bare_one / singles, mixed_one / singles, singles, settings[0])}
+
+
+def _ratio_line(label, bare, mixed, digits):
+    verdict = "ok" if mixed / bare <= 1.10 else "over"
+    return (f"  {label:44s} bare {bare:9.{digits}f}  mixed {mixed:9.{digits}f}  ratio {mixed / bare:5.2f}  "
+            f"{verdict} (target <= 1.10)")
+
+
+def _setting(params) -> str:
+    return " " + ",".join(f"{k}={v}" for k, v in params.items()) if params else ""
+
+
+def report(r) -> None:
+    print(f"\n{r['spec']}  ({r['n']:,} vectors, k={K})")
+    print(_ratio_line("build time (s)", *r["build"], 1))
+    print(_ratio_line("memory (MB)", *(b / 2**20 for b in r["memory"]), 1))
+    for run in r["runs"]:
+        print(_ratio_line(f"search{_setting(run['params'])}, batch (ms/query)", *(t * 1e3 for t in run["batch"]), 4))
+        for qm, (bare_r, mixed_r), (bare_s, mixed_s) in zip(("text", "image"), run["recall"], run["image_share"]):
+            print(f"      {qm:5s} queries: recall@10 bare {bare_r:.3f} (vs raw ranking), mixed {mixed_r:.3f} "
+                  f"(vs calibrated): {mixed_r - bare_r:+.3f} (target >= -0.02); image share of top 10: bare "
+                  f"{bare_s:.2f}, mixed {mixed_s:.2f}")
+    bare_one, mixed_one, singles, params = r["single"]
+    print(_ratio_line(f"search{_setting(params)}, one query at a time (ms)", bare_one * 1e3, mixed_one * 1e3, 4)
+          + f"  [{singles} text queries]")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=1_000_000, help="vectors for Flat and IVF (default 1,000,000)")
+    parser.add_argument("--hnsw-n", type=int, default=200_000,
+                        help="vectors for HNSW32 (default 200,000: a 1M HNSW32 build takes ~5 min here, twice)")
+    parser.add_argument("--queries", type=int, default=1000, help="queries, half of each modality")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="100k vectors, 50k for HNSW, IVF1024")
+    args = parser.parse_args(argv)
+    n, hnsw_n, ivf = args.n, args.hnsw_n, "IVF4096,Flat"
+    if args.quick:
+        n, hnsw_n, ivf = 100_000, 50_000, "IVF1024,Flat"
+    text, image = load_coco500()
+    cal = GapCalibrator().fit(text, image)
+    print(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads; calibrator: {cal.summary().splitlines()[1].strip()}")
+    print(f"queries: {args.queries} ({args.queries // 2} per modality); timings: best of {args.repeats} "
+          "interleaved runs")
+    big = max(n, hnsw_n) // 2
+    text_items, image_items = synthesize(text, big, 10), synthesize(image, big, 11)
+    queries = synthesize(text, args.queries // 2, 20), synthesize(image, args.queries // 2, 21)
+    runs = [("Flat", n, [None], 0, 20),
+            ("HNSW32", hnsw_n, [{"efSearch": 64}, {"efSearch": 16}, {"efSearch": 256}], 0, 200),
+            (ivf, n, [{"nprobe": 16}, {"nprobe": 64}], 100_000, 200)]
+    for spec, size, settings, train_points, singles in runs:
+        start = time.perf_counter()
+        report(bench(spec, size, cal, text_items, image_items, queries, settings, train_points, args.repeats,
+                     min(singles, args.queries // 2)))
+        print(f"  (this configuration took {time.perf_counter() - start:.0f} s)")
+    print("\nIVF: the bare index trains on 100,000 sampled vectors; MixedIndex trains each modality's index on "
+          "50,000 of that modality (same total).")
+    print("Memory: serialized faiss index sizes (plus MixedIndex's id arrays).")
+
+
+if __name__ == "__main__":
+    main()
