@@ -7,10 +7,9 @@ import faiss
 import numpy as np
 import pytest
 
-import gapcal.index.store as store
 from gapcal.calibration import GapCalibrator
 from gapcal.data import load_coco500
-from gapcal.index import MixedIndex
+from gapcal.index import MixedIndex, store
 
 N = 500
 

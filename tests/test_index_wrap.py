@@ -129,7 +129,7 @@ def test_reindex_rebuilds_an_exact_per_modality_index(cal, coco):
 
 
 def test_reindex_accepts_any_metric_and_restores_ivf_direct_maps(cal, coco):
-    text, image = coco
+    _, image = coco
     l2 = faiss.index_factory(512, "IVF8,Flat")  # L2 metric, no direct map
     l2.train(np.vstack(coco))
     l2.add_with_ids(np.vstack(coco), np.concatenate([TEXT_IDS, IMAGE_IDS]))

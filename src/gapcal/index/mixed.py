@@ -113,6 +113,7 @@ class _Split:
     def __init__(self, calibrator, subs: dict, width: int, spec: str):
         self.cal, self.subs, self.width, self.spec = calibrator, subs, width, spec
         self.removable = {m: _faiss.can_remove(subs[m]) for m in MODALITIES}
+        self.structures = _faiss.structures(subs["text"])
         self._hidden = {m: None for m in MODALITIES}  # selectors that skip ids faiss could not delete
 
     def _padded(self, vectors: np.ndarray) -> np.ndarray:
@@ -160,9 +161,6 @@ class _Split:
         del keep
         return scores + np.float32(self.cal.score_offset(query_modality, modality)), ids
 
-    def structures(self) -> set:
-        return _faiss.structures(self.subs["text"])
-
 
 class _Wrapped:
     """A user's faiss index of raw embeddings, searched one item modality at a time (see MixedIndex.wrap)."""
@@ -180,6 +178,7 @@ class _Wrapped:
             raise ValueError(f"index must accept faiss ID selectors, through which wrap searches one modality at a "
                              f"time; a {self.spec} index does not ({refused}): use reindex=True")
         self._reconstruct = _faiss.Reconstructor(self.index)
+        self.structures = _faiss.structures(self.index)
         self._selectors = {m: None for m in MODALITIES}
         self.appends_positions = (faiss.try_extract_index_ivf(self.index) is None
                                   and not isinstance(self.index, faiss.IndexIDMap))
@@ -232,8 +231,6 @@ class _Wrapped:
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
 
-    def structures(self) -> set:
-        return _faiss.structures(self.index)
 
 
 class MixedIndex:
@@ -506,7 +503,7 @@ class MixedIndex:
             return {}
         if not isinstance(params, Mapping):
             raise TypeError(f"params must be a dict of faiss search settings, got {type(params).__name__}")
-        have = self._backend.structures()
+        have = self._backend.structures
         for name, value in params.items():
             if name not in _faiss.SEARCH_SETTINGS:
                 raise ValueError(f"params keys must be among {sorted(_faiss.SEARCH_SETTINGS)}, got {name!r}")
