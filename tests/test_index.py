@@ -379,3 +379,21 @@ def test_untrained_index_asks_for_training(cal, coco):
     with pytest.raises(ValueError, match=r"vectors could not train the text items' index \(IVF16,Flat\)"):
         index.train(text[:5], "text")
     assert len(index) == 0 and not index.faiss_index("text").is_trained
+
+
+def test_demo_rows_show_raw_own_medium_and_calibrated_mix(cal, coco):
+    from gapcal.index import demo_rows, format_demo_rows
+
+    rows = demo_rows(*coco, cal, query_rows=(0, 1, 2), k=5)
+    assert [(r["modality"], r["row"]) for r in rows] == [(m, j) for m in ("text", "image") for j in (0, 1, 2)]
+    for r in rows:
+        for ranking in (r["before"], r["after"]):
+            assert len(ranking) == 5 and (r["modality"], r["row"]) not in [(m, j) for m, j, _, _ in ranking]
+            assert [s for _, _, s, _ in ranking] == sorted((s for _, _, s, _ in ranking), reverse=True)
+            assert all(pair == (m != r["modality"] and j == r["row"]) for m, j, _, pair in ranking)
+        assert {m for m, _, _, _ in r["before"]} == {r["modality"]}  # raw CLIP: the query's own medium only
+    assert {m for r in rows for m, _, _, _ in r["after"]} == {"text", "image"}
+    text = format_demo_rows(rows, captions=[f"caption {j}" for j in range(N)])
+    assert "query: text  #0    'caption 0'" in text and "image #2 *" in text
+    with pytest.raises(ValueError, match=r"query_rows must be row numbers in \[0, 500\), got \[500\]"):
+        demo_rows(*coco, cal, query_rows=[500])

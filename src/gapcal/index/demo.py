@@ -60,12 +60,15 @@ def format_demo_rows(rows, captions=None) -> str:
             return f"text  #{row:<4d} {captions[row][:48]!r}"
         return f"{modality:5s} #{row}"
 
+    def cell(modality, row, score, pair):
+        return f"{label(modality, row)}{' *' if pair else ''} {score:6.3f}"
+
+    width = max([len(cell(*item)) for entry in rows for item in entry["before"]] + [len("before (raw cosine)")]) + 2
     lines = []
     for entry in rows:
         lines.append(f"query: {label(entry['modality'], entry['row'])}")
-        lines.append(f"  {'before (raw cosine)':<40s}  after (calibrated score)")
+        lines.append(f"  {'before (raw cosine)':<{width}s}after (calibrated score)")
         for before, after in zip(entry["before"], entry["after"]):
-            cells = [f"{label(m, r)}{' *' if pair else ''} {s:6.3f}" for m, r, s, pair in (before, after)]
-            lines.append(f"  {cells[0]:<40s}  {cells[1]}")
+            lines.append(f"  {cell(*before):<{width}s}{cell(*after)}")
     lines.append("* = the query's own pair (the caption's image, or the image's caption)")
     return "\n".join(lines)
