@@ -49,11 +49,12 @@ def as_matrix(name: str, x, *, dim: int | None = None, dtype=np.float32, allow_e
     return arr
 
 
-def unit_rows(name: str, x, row_offset: int = 0) -> np.ndarray:
-    """A new C-contiguous float32 copy of the (n, d) rows of ``x`` scaled to unit length.
+def unit_rows(name: str, x, row_offset: int = 0, out: np.ndarray | None = None) -> np.ndarray:
+    """A C-contiguous float32 copy of the (n, d) rows of ``x`` scaled to unit length.
 
     One pass finds the norms; only when one is zero or not finite is the chunk checked in detail, so the
-    error can name the rows (counted from ``row_offset``).
+    error can name the rows (counted from ``row_offset``). ``out``, a float32 buffer of at least n rows,
+    is reused when given (fresh pages cost more than the arithmetic on large chunks).
     """
     rows = np.asarray(x)
     norms = np.sqrt(np.einsum("ij,ij->i", rows, rows))
@@ -63,9 +64,9 @@ def unit_rows(name: str, x, row_offset: int = 0) -> np.ndarray:
         if not np.isfinite(rows[bad]).all():
             raise ValueError(f"{name} must be finite: rows {where} hold NaN or inf (or overflow float32)")
         raise ValueError(f"{name} must not hold all-zero rows (no direction, no cosine): rows {where}")
-    out = np.empty(rows.shape, dtype=np.float32)
-    np.multiply(rows, (1.0 / norms)[:, None], out=out, casting="unsafe")
-    return out
+    target = np.empty(rows.shape, dtype=np.float32) if out is None else out[: len(rows)]
+    np.multiply(rows, (1.0 / norms)[:, None], out=target, casting="unsafe")
+    return target
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ _HUBNESS_RANK = 64
 _RIDGE_STRENGTHS = (0.1, 1.0, 10.0)
 _MIN_PAIRS = 8
 _MIN_HOLDOUT = 20
-_SCORE_SAMPLE = 2000
+_SCORE_SAMPLE = 1000
 _SELECTION_SAMPLE = 500
 _CHUNK = 65536
 
@@ -138,10 +138,13 @@ class GapCalibrator:
                              f"got {text_arr.shape[1]}")
         if text_arr.shape[0] == 0 or text_arr.shape[1] == 0:
             raise ValueError(f"text and image must hold at least one pair of non-empty rows, got shape {text_arr.shape}")
+        rows = min(_CHUNK, len(text_arr))
+        buffers = np.empty((rows, text_arr.shape[1]), np.float32), np.empty((rows, text_arr.shape[1]), np.float32)
         for start in range(0, len(text_arr), _CHUNK):
             stop = start + _CHUNK
-            chunk = PairStatistics.of(unit_rows("text", text_arr[start:stop], start),
-                                      unit_rows("image", image_arr[start:stop], start), int(self.sample_size))
+            chunk = PairStatistics.of(unit_rows("text", text_arr[start:stop], start, buffers[0]),
+                                      unit_rows("image", image_arr[start:stop], start, buffers[1]),
+                                      int(self.sample_size))
             stats = chunk if stats is None else stats.merged(chunk)
         return stats
 
@@ -248,7 +251,7 @@ class GapCalibrator:
 
     def _select(self, stats, candidates, n_holdout, report):
         """Pick the stages by mixed-pool reciprocal rank on held-out pairs (stages fitted on the rest)."""
-        from ..metrics import _pair_ranks, score_blocks
+        from ..metrics import ScoreBlocks, _pair_ranks
 
         hold_t, hold_i = stats.sample_text[:n_holdout], stats.sample_image[:n_holdout]
         ref_t, ref_i = stats.sample_text[n_holdout:], stats.sample_image[n_holdout:]
@@ -258,7 +261,7 @@ class GapCalibrator:
         for cand in candidates:
             scratch = GapCalibrator(**self.get_params())
             scratch._install(stats.dim, *self._stage_params(*cand, train), ref_t, ref_i, _SELECTION_SAMPLE, None)
-            blocks = score_blocks(scratch, hold_t, hold_i)
+            blocks = ScoreBlocks(*scratch._score_blocks(hold_t, hold_i))
             ranks = _pair_ranks(blocks)
             rr[cand] = 1.0 / ranks
             cross = np.concatenate([(b > np.diag(b)[:, None]).sum(1) == 0 for b in (blocks.ti, blocks.it)])
@@ -280,7 +283,7 @@ class GapCalibrator:
                             f"pairs (best gain {diff.mean():+.4f}, SE {se:.4f}), so it is kept")
         return base
 
-    def _install(self, dim, shift, proj, sample_t, sample_i, sample_rows=_SCORE_SAMPLE, hub_rank=_HUBNESS_RANK):
+    def _install(self, dim, shift, proj, sample_t, sample_i, sample_rows=None, hub_rank=_HUBNESS_RANK):
         """Set the fitted stage parameters, then measure the score parameters on (up to ``sample_rows`` of)
         the sample of pairs."""
         self.dim_ = dim
@@ -289,7 +292,8 @@ class GapCalibrator:
         self._set_score_params(sample_t[:sample_rows], sample_i[:sample_rows], hub_rank)
 
     def _set_score_params(self, sample_t, sample_i, hub_rank):
-        """Hubness terms and per-pair-type score statistics, measured on the sample of pairs."""
+        """Hubness terms (from the whole sample) and per-pair-type statistics of unmatched-pair scores
+        (from its first ``_SCORE_SAMPLE`` pairs: a million unmatched pairs per type is plenty)."""
         emb = {"text": self._embed(sample_t, "text"), "image": self._embed(sample_i, "image")}
         self._hub = {}
         if self.hubness:  # stats of modality a = the population of queries that hit items of the other one
@@ -299,14 +303,16 @@ class GapCalibrator:
         self.score_std_ = np.ones((2, 2))
         if not self.score_norm:
             return
+        n = min(len(sample_t), _SCORE_SAMPLE)
         for qa, a in enumerate(MODALITIES):
             for qb, b in enumerate(MODALITIES):
-                u = self._query_vectors(emb[a], a, b, scaled=False)
-                v = self._item_vectors(emb[b], b)
-                s = (u @ v.T).astype(np.float64)
-                off = ~np.eye(len(s), dtype=bool)
-                self.score_mean_[qa, qb] = s[off].mean()
-                self.score_std_[qa, qb] = max(s[off].std(), 1e-12)
+                s = self._query_vectors(emb[a][:n], a, b, scaled=False) @ self._item_vectors(emb[b][:n], b).T
+                diag = np.diag(s).astype(np.float64)
+                count = n * (n - 1)  # unmatched pairs: everything off the diagonal
+                mean = (s.sum(dtype=np.float64) - diag.sum()) / count
+                square = (np.einsum("ij,ij->", s, s, dtype=np.float64) - (diag ** 2).sum()) / count
+                self.score_mean_[qa, qb] = mean
+                self.score_std_[qa, qb] = max(np.sqrt(max(square - mean ** 2, 0.0)), 1e-12)
 
     # ------------------------------------------------------------------ transforms
     def _check_fitted(self):
@@ -368,6 +374,13 @@ class GapCalibrator:
         self._check_fitted()
         qa, qb = MODALITIES.index(query_modality), MODALITIES.index(item_modality)
         return float(-self.score_mean_[qa, qb] / self.score_std_[qa, qb])
+
+    def _score_blocks(self, text_units, image_units):
+        """The four calibrated score blocks (tt, ti, it, ii) of unit-normalised pairs, each embedded once."""
+        emb = {"text": self._embed(text_units, "text"), "image": self._embed(image_units, "image")}
+        items = {m: self._item_vectors(emb[m], m) for m in MODALITIES}
+        return [self._query_vectors(emb[a], a, b) @ items[b].T + np.float32(self.score_offset(a, b))
+                for a, b in (("text", "text"), ("text", "image"), ("image", "text"), ("image", "image"))]
 
     def similarity(self, queries, items, query_modality="text", item_modality="image") -> np.ndarray:
         """Calibrated scores (nq, ni), comparable across item modalities for one query (see class doc)."""

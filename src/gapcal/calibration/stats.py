@@ -52,8 +52,9 @@ class PairStatistics:
         """Statistics of one chunk of unit-normalised float32 pairs."""
         out = cls(text.shape[1], capacity)
         out.count = len(text)
-        out.text_sum = text.sum(axis=0, dtype=np.float64)
-        out.image_sum = image.sum(axis=0, dtype=np.float64)
+        ones = np.ones(len(text), dtype=np.float32)
+        out.text_sum = (ones @ text).astype(np.float64)  # BLAS sums: no float64 copy of the chunk
+        out.image_sum = (ones @ image).astype(np.float64)
         out.text_gram = (text.T @ text).astype(np.float64)
         out.cross_gram = (text.T @ image).astype(np.float64)
         keys = content_keys(text, image)
