@@ -137,9 +137,9 @@ def test_forced_projection_is_used(split, projection):
     cal = GapCalibrator(projection=projection, mean_shift=False).fit(split[0], split[1])
     assert cal.projection_.startswith(projection)
     assert cal.fit_report_["reason"].startswith("stages fixed")
-    assert cal.projection("image") is None
+    assert cal.projection_matrix("image") is None
     if projection == "procrustes":  # a rotation keeps lengths
-        q = cal.projection("text")
+        q = cal.projection_matrix("text")
         np.testing.assert_allclose(q @ q.T, np.eye(len(q)), atol=1e-8)
 
 
@@ -266,7 +266,7 @@ def test_use_before_fit_raises_not_fitted():
     cal = GapCalibrator()
     for call in (lambda: cal.transform(np.ones((2, 4))), lambda: cal.similarity(np.ones((1, 4)), np.ones((1, 4))),
                  lambda: cal.transform_query(np.ones((1, 4))), lambda: cal.score_offset(), lambda: cal.summary(),
-                 lambda: cal.output_dim_, lambda: cal.projection("text")):
+                 lambda: cal.output_dim_, lambda: cal.projection_matrix("text")):
         with pytest.raises(NotFittedError, match="not fitted yet: call fit"):
             call()
 

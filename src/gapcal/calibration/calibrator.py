@@ -348,7 +348,7 @@ class GapCalibrator:
         self._check_fitted()
         return self.dim_ + int(bool(self.hubness))
 
-    def projection(self, modality="text"):
+    def projection_matrix(self, modality="text"):
         """The fitted map of this modality's (unit, mean-shifted) rows, a (d, d) array used as ``x @ P``,
         or None where the projection stage is off. Lets callers move the linear part to the query side."""
         check_modality("modality", modality)

@@ -206,7 +206,7 @@ class _Wrapped:
         normalisations and the hubness column leaves ``<u, x @ P> + const``, i.e. a query ``u @ P.T``.
         """
         q = u[:, :self.cal.dim_]
-        proj = self.cal.projection(modality)
+        proj = self.cal.projection_matrix(modality)
         return np.ascontiguousarray(q if proj is None else q @ proj.T.astype(np.float32), dtype=np.float32)
 
     def search(self, queries, query_modality, modality, k, settings):
