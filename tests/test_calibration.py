@@ -10,15 +10,9 @@ import pytest
 import gapcal
 from gapcal import GapCalibrator, NotFittedError
 from gapcal.baselines import RawCosine
-from gapcal.data import load_coco500
 from gapcal.metrics import cross_modal_recall, mixed_pool_retrieval, pooled_auc, score_blocks
 
 MODS = (("text", "text"), ("text", "image"), ("image", "text"), ("image", "image"))
-
-
-@pytest.fixture(scope="module")
-def coco():
-    return load_coco500()
 
 
 @pytest.fixture(scope="module")

@@ -8,24 +8,12 @@ import numpy as np
 import pytest
 
 from gapcal.calibration import GapCalibrator
-from gapcal.data import load_coco500
 from gapcal.index import MixedIndex, store
 
 N = 500
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_faiss_thread():
-    """These indexes are tiny: one faiss thread avoids OpenMP spin-waits when the cores are busy."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def coco():
-    return load_coco500()
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from gapcal.calibration import GapCalibrator
-from gapcal.data import load_coco500
 from gapcal.index import MixedIndex
 
 N = 500
@@ -13,18 +12,7 @@ TEXT_IDS, IMAGE_IDS = np.arange(N) * 7 + 3, np.arange(N, 2 * N) * 7 + 3
 MODALITIES = {"text": TEXT_IDS, "image": IMAGE_IDS}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_faiss_thread():
-    """These indexes are tiny: one faiss thread avoids OpenMP spin-waits when the cores are busy."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def coco():
-    return load_coco500()
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,7 @@ import numpy as np
 import pytest
 
 from gapcal import metrics
-from gapcal.data import load_coco500
 from gapcal.metrics import ScoreBlocks
-
-
-@pytest.fixture(scope="module")
-def coco():
-    return load_coco500()
 
 
 def random_blocks(n, seed, ties=False):

@@ -11,17 +11,11 @@ import numpy as np
 import pytest
 
 from gapcal.calibration import GapCalibrator
-from gapcal.data import load_coco500
 from gapcal.index import MixedIndex, SearchResult
 from gapcal.stores import MilvusStore, StoreResult
 
 N = 500
 TOL = 1e-5
-
-
-@pytest.fixture(scope="module")
-def coco():
-    return load_coco500()
 
 
 @pytest.fixture(scope="module")
