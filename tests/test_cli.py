@@ -212,3 +212,15 @@ def test_index_user_errors(pairs, tmp_path, args, message):
                "-o", str(tmp_path / "index")).returncode == 0
     out = run("index", *[a.format(t=tmp_path, p=pairs) for a in args])
     assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1 and re.search(message, out.stderr), out.stderr
+
+
+def test_report_without_matplotlib_says_how_to_install(pairs, tmp_path, monkeypatch, capsys):
+    from gapcal import cli
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    monkeypatch.delitem(sys.modules, "gapcal.report", raising=False)
+    code = cli.main(["report", "--text", str(pairs / "text.npy"), "--image", str(pairs / "image.npy"),
+                     "-o", str(tmp_path / "r")])
+    assert code == 1
+    assert "pip install 'gapcal[report]'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
