@@ -155,6 +155,9 @@ def test_few_pairs_skip_the_held_out_check():
     cal = GapCalibrator().fit(text, image)
     assert (cal.mean_shift_, cal.projection_) == (False, "none")
     assert "too few" in cal.fit_report_["reason"]
+    forced = GapCalibrator(projection="ridge").fit(text, image)  # 'auto' mean shift, too few pairs to check it
+    assert (forced.mean_shift_, forced.projection_) == (False, "ridge(1)")
+    assert "too few" in forced.fit_report_["reason"]
 
 
 # ---------------------------------------------------------------- streaming

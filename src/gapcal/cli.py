@@ -230,7 +230,7 @@ def _report(args) -> int:
     except ImportError as exc:
         raise UserError(str(exc)) from None
     text, image = load_array(args.text, "text"), load_array(args.image, "image")
-    page = write_report(text, image, args.output, _load_calibrator(args.calibrator))
+    page = write_report(text, image, args.output, _load_calibrator(args.calibrator), map_method=args.map)
     print(f"wrote {page} with histograms.png and map.png")
     return 0
 
@@ -281,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pairs(rep)
     rep.add_argument("--calibrator", help="use this saved calibrator (default: fit one on the pairs)")
     rep.add_argument("-o", "--output", required=True, help="folder to write report.html and PNGs into")
+    rep.add_argument("--map", choices=("auto", "mds", "umap"), default="auto",
+                     help="2-D map method (auto: UMAP when umap-learn is installed, else MDS)")
     rep.set_defaults(func=_report)
 
     index = sub.add_parser("index", help="build, extend and search a calibrated FAISS MixedIndex")

@@ -3,8 +3,9 @@
 - ``histograms.png``: matched text-image scores against unmatched text-text, image-image and text-image
   scores, raw cosine (before) and calibrated scores (after). Before, unmatched captions sit above
   matched pairs; after, matched pairs stand clear of unmatched pairs of every kind.
-- ``map.png``: a 2-D map of both modalities with lines joining pairs: classical MDS of the mixed
-  similarity matrix (for raw cosine this is PCA of the embeddings), before and after. Before, texts and
+- ``map.png``: a 2-D map of both modalities with lines joining pairs, before and after: classical MDS of
+  the mixed similarity matrix (for raw cosine this is PCA of the embeddings), or UMAP of the matching
+  distances when umap-learn is installed (``map_method``). Before, texts and
   images form two separate clouds; after, the modalities mix and pairs move closer.
 - ``report.html``: both pictures plus the gap metrics and mixed-pool retrieval table.
 """
@@ -63,10 +64,37 @@ def _histograms(ax, blocks, title):
     ax.legend(fontsize=8)
 
 
-def _map(ax, blocks, title):
+def umap_layout(similarity: np.ndarray) -> np.ndarray:
+    """UMAP (seeded) of the distances ``max(similarity) - similarity``: keeps neighbourhoods, not scale."""
+    import warnings
+
+    import umap
+
+    distance = similarity.max() - similarity
+    np.fill_diagonal(distance, 0.0)
+    with warnings.catch_warnings():  # notes about precomputed metrics and seeded single-threading
+        warnings.simplefilter("ignore", UserWarning)
+        return umap.UMAP(metric="precomputed", random_state=0, n_neighbors=15).fit_transform(distance)
+
+
+def resolve_map_method(method: str) -> str:
+    """``"auto"`` means UMAP when umap-learn is installed, else classical MDS."""
+    if method not in ("auto", "mds", "umap"):
+        raise ValueError(f"map_method must be 'auto', 'mds' or 'umap', got {method!r}")
+    if method == "auto":
+        try:
+            import umap  # noqa: F401
+        except ImportError:
+            return "mds"
+        return "umap"
+    return method
+
+
+def _map(ax, blocks, title, method):
     n = min(len(blocks.tt), _MAP_PAIRS)
     sub = metrics.ScoreBlocks(*(b[:n, :n] for b in blocks))
-    xy = classical_mds(_mixed_matrix(sub))
+    similarity = _mixed_matrix(sub)
+    xy = umap_layout(similarity) if method == "umap" else classical_mds(similarity)
     text_xy, image_xy = xy[:n], xy[n:]
     for k in range(n):
         ax.plot([text_xy[k, 0], image_xy[k, 0]], [text_xy[k, 1], image_xy[k, 1]], color="#bbbbbb", linewidth=0.5, zorder=1)
@@ -78,12 +106,13 @@ def _map(ax, blocks, title):
     ax.legend(fontsize=8)
 
 
-def write_report(text, image, out_dir, calibrator: GapCalibrator | None = None) -> Path:
+def write_report(text, image, out_dir, calibrator: GapCalibrator | None = None, map_method: str = "auto") -> Path:
     """Write ``report.html``, ``histograms.png`` and ``map.png`` into ``out_dir``; returns the HTML path.
 
     Without ``calibrator`` the table comes from the 2-fold cross-fit protocol (fair) and the pictures from
     a calibrator fitted on all pairs; with one, everything evaluates that calibrator on these pairs.
     """
+    method = resolve_map_method(map_method)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     text = np.asarray(text)
@@ -107,8 +136,9 @@ def write_report(text, image, out_dir, calibrator: GapCalibrator | None = None) 
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.5))
-    _map(axes[0], raw, "before: texts and images in two regions")
-    _map(axes[1], calibrated, "after: modalities mixed, pairs closer (MDS of calibrated scores)")
+    name = {"mds": "MDS", "umap": "UMAP"}[method]
+    _map(axes[0], raw, f"before: texts and images in two regions ({name} of raw cosine)", method)
+    _map(axes[1], calibrated, f"after: modalities mixed, pairs closer ({name} of calibrated scores)", method)
     fig.tight_layout()
     fig.savefig(out / "map.png", dpi=110)
     plt.close(fig)

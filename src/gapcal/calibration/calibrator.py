@@ -230,7 +230,7 @@ class GapCalibrator:
             chosen = candidates[0]
             report["reason"] = "stages fixed by the options; no held-out selection needed"
         elif n_holdout < _MIN_HOLDOUT or m - n_holdout < _MIN_PAIRS:
-            chosen = (self.mean_shift is True, "none" if self.projection == "auto" else self.projection)
+            chosen = candidates[0]  # the simplest: 'auto' stages off, fixed ones as given
             report["reason"] = (f"only {m} pairs: too few to hold out {_MIN_HOLDOUT} for checking the "
                                 "optional stages, so the 'auto' ones are off")
         else:
