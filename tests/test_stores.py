@@ -365,3 +365,12 @@ def test_importing_gapcal_does_not_import_pymilvus():
     code = ("import sys, gapcal; gapcal.GapCalibrator; import gapcal.calibration, gapcal.data; "
             "assert 'pymilvus' not in sys.modules and 'gapcal.stores' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_milvus_store_needs_no_faiss():
+    import subprocess
+    import sys
+
+    code = "import sys, gapcal.stores; print('faiss' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stdout + out.stderr

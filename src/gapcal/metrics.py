@@ -103,7 +103,6 @@ def cosine_distributions(text, image) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------- retrieval in a mixed pool
 def _pair_ranks(blocks: ScoreBlocks) -> np.ndarray:
     """Rank (1 = best) of each item's pair among all other items of both modalities; text queries first."""
-    n = len(blocks.tt)
     ranks = []
     for same, cross in ((blocks.tt, blocks.ti), (blocks.ii, blocks.it)):
         target = np.diag(cross)[:, None]

@@ -5,29 +5,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import faiss
 import numpy as np
 
 from .._checks import MODALITIES, as_matrix, check_modality
+from .._search import SearchResult, check_calibrator, check_ids, check_k
 from ..calibration import GapCalibrator
 from . import _faiss
 
 _CHUNK = 65536
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    """Ranked results, best first, each (n_queries, k).
-
-    ``ids`` holds the items' ids (-1 where fewer than k items exist), ``scores`` their calibrated scores
-    (-inf there) and ``modalities`` "text" or "image" ("" there).
-    """
-
-    ids: np.ndarray
-    scores: np.ndarray
-    modalities: np.ndarray
 
 
 class _ReadWriteLock:
@@ -67,41 +54,6 @@ class _ReadWriteLock:
             with self._cond:
                 self._writing = False
                 self._cond.notify_all()
-
-
-def _check_calibrator(calibrator) -> GapCalibrator:
-    if not isinstance(calibrator, GapCalibrator):
-        raise TypeError(f"calibrator must be a fitted gapcal GapCalibrator, got {type(calibrator).__name__}")
-    if not hasattr(calibrator, "fingerprint_"):
-        raise ValueError("calibrator must be fitted (call fit(text, image) first), got an unfitted GapCalibrator")
-    return calibrator
-
-
-def _check_ids(name, ids, n=None) -> np.ndarray:
-    """A 1-D int64 array of distinct non-negative ids (faiss reserves -1 for "no result")."""
-    arr = np.asarray(ids)
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
-        raise TypeError(f"{name} must be an array of integer ids, got dtype {arr.dtype}")
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D array of ids, got shape {arr.shape}")
-    if n is not None and len(arr) != n:
-        raise ValueError(f"{name} must hold one id per vector ({n}), got {len(arr)}")
-    arr = arr.astype(np.int64)
-    if (arr < 0).any():
-        raise ValueError(f"{name} must be non-negative (faiss uses -1 for missing results), got "
-                         f"{arr[arr < 0][:5].tolist()}")
-    uniq, counts = np.unique(arr, return_counts=True)
-    if (counts > 1).any():
-        raise ValueError(f"{name} must not repeat an id, got repeats of {uniq[counts > 1][:5].tolist()}")
-    return arr
-
-
-def _check_k(k) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"k must be a positive integer, got {k!r}")
-    if k < 1:
-        raise ValueError(f"k must be a positive integer, got {k}")
-    return int(k)
 
 
 class _Split:
@@ -260,7 +212,7 @@ class MixedIndex:
     """
 
     def __init__(self, calibrator, index="Flat"):
-        cal = _check_calibrator(calibrator)
+        cal = check_calibrator(calibrator)
         dim = cal.output_dim_
         if isinstance(index, str):
             first, width = _faiss.build_from_spec(index, dim)
@@ -311,7 +263,7 @@ class MixedIndex:
         recall@10 on COCO-500 (both modalities in one raw index; in place vs re-indexed): IVF16,Flat
         nprobe 4: 0.42 vs 0.95; HNSW32 efSearch 64: 0.44 vs 1.00.
         """
-        cal = _check_calibrator(calibrator)
+        cal = check_calibrator(calibrator)
         if not isinstance(index, faiss.Index):
             raise TypeError(f"index must be a faiss.Index holding raw embeddings, got {type(index).__name__}")
         if index.d != cal.dim_:
@@ -342,7 +294,7 @@ class MixedIndex:
         unknown = [key for key in modalities if key not in MODALITIES]
         if unknown:
             raise ValueError(f"modalities keys must be among {MODALITIES}, got {unknown}")
-        live = {m: _check_ids(f"modalities[{m!r}]", modalities.get(m, np.empty(0, np.int64))) for m in MODALITIES}
+        live = {m: check_ids(f"modalities[{m!r}]", modalities.get(m, np.empty(0, np.int64))) for m in MODALITIES}
         both = np.intersect1d(live["text"], live["image"])
         if len(both):
             raise ValueError(f"modalities must give each id one modality, got ids in both: {both[:5].tolist()}")
@@ -453,7 +405,7 @@ class MixedIndex:
                 start = int(known.max()) + 1 if len(known) else 0
                 new = np.arange(start, start + len(x), dtype=np.int64)
             else:
-                new = _check_ids("ids", ids, len(x))
+                new = check_ids("ids", ids, len(x))
                 taken = new[np.isin(new, known)]
                 if len(taken):
                     raise ValueError(f"ids must be new, got {len(taken)} already in the index (removed ids of an "
@@ -480,7 +432,7 @@ class MixedIndex:
         Indexes that faiss cannot delete from (HNSW; any wrapped index) keep the vectors but never return
         them; their ids stay reserved.
         """
-        gone = _check_ids("ids", ids)
+        gone = check_ids("ids", ids)
         with self._lock.write():
             self._check_calibrator_unchanged()
             where = {m: np.isin(gone, self._live[m]) for m in MODALITIES}
@@ -523,7 +475,7 @@ class MixedIndex:
         """
         check_modality("query_modality", query_modality)
         targets = MODALITIES if item_modality is None else (check_modality("item_modality", item_modality),)
-        k = _check_k(k)
+        k = check_k(k)
         q = self._vectors("queries", queries, allow_empty=False)
         settings = self._check_settings(params)
         with self._lock.read():

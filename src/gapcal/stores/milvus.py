@@ -21,7 +21,7 @@ except ImportError as exc:  # the optional extra is missing
 
 from .. import __version__
 from .._checks import MODALITIES, as_matrix, check_modality
-from ..index.mixed import SearchResult, _check_calibrator, _check_ids, _check_k
+from .._search import SearchResult, check_calibrator, check_ids, check_k
 
 FORMAT = "gapcal.MilvusStore"
 FORMAT_VERSION = 1
@@ -166,7 +166,7 @@ class MilvusStore:
 
     def __init__(self, uri, collection, calibrator, *, token="", index_params=None, batch_size=1000,
                  show_progress=None, timeout=10.0):
-        cal = _check_calibrator(calibrator)
+        cal = check_calibrator(calibrator)
         if not isinstance(uri, (str, os.PathLike)):
             raise TypeError(f"uri must be a local file path ending in .db (Milvus Lite) or a server address like "
                             f"'http://host:19530', got {type(uri).__name__}")
@@ -327,7 +327,7 @@ class MilvusStore:
         """
         check_modality("modality", modality)
         x = as_matrix("vectors", vectors, dim=self._cal.dim_)
-        new = None if ids is None else _check_ids("ids", ids, len(x))
+        new = None if ids is None else check_ids("ids", ids, len(x))
         columns = _check_payload(payload, len(x))
         with self._lock:
             self._check_calibrator_unchanged()
@@ -366,7 +366,7 @@ class MilvusStore:
 
     def remove(self, ids) -> int:
         """Remove items by id (all must be present); returns how many were removed."""
-        gone = _check_ids("ids", ids)
+        gone = check_ids("ids", ids)
         with self._lock:
             self._check_calibrator_unchanged()
             absent = np.setdiff1d(gone, self._existing(gone))
@@ -388,7 +388,7 @@ class MilvusStore:
         """
         check_modality("query_modality", query_modality)
         targets = MODALITIES if item_modality is None else (check_modality("item_modality", item_modality),)
-        k = _check_k(k)
+        k = check_k(k)
         if k > MAX_TOPK:
             raise ValueError(f"k must be at most {MAX_TOPK} (Milvus's top-k limit), got {k}")
         if filter is not None and not isinstance(filter, str):
