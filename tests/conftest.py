@@ -20,3 +20,25 @@ def one_faiss_thread():
     faiss.omp_set_num_threads(1)
     yield
     faiss.omp_set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def cal(coco):
+    """The default calibrator fitted on all 500 real pairs."""
+    from gapcal import GapCalibrator
+
+    return GapCalibrator().fit(*coco)
+
+
+@pytest.fixture(scope="module")
+def flat_index(cal, coco):
+    """A Flat MixedIndex of the 500 captions (ids 0..499) and 500 images (ids 500..999)."""
+    import numpy as np
+
+    from gapcal.index import MixedIndex
+
+    text, image = coco
+    index = MixedIndex(cal, "Flat")
+    index.add(text, "text", ids=np.arange(len(text)))
+    index.add(image, "image", ids=np.arange(len(text), 2 * len(text)))
+    return index

@@ -79,11 +79,13 @@ def test_fit_eval_report_end_to_end(pairs, tmp_path):
     (["fit", "--text", "{p}/text.npy", "--image", "{p}/short.npy", "-o", "{t}/c.npz"], "same number of rows"),
     (["eval", "--text", "{p}/text.npy", "--image", "{p}/image.npy", "--calibrator", "{p}/text.npy"], "not a gapcal calibrator"),
     (["fit", "--text", "{p}/vector.npy", "--image", "{p}/image.npy", "-o", "{t}/c.npz"], r"expected a 2-D array \(n, d\), got shape \(512,\)"),
+    (["fit", "--text", "{p}/garbage.npy", "--image", "{p}/image.npy", "-o", "{t}/c.npz"], r"--text: .*garbage.npy is not a readable .npy/.npz file"),
 ])
 def test_user_errors_are_one_line(pairs, tmp_path, args, message):
     np.save(pairs / "short.npy", np.load(pairs / "image.npy")[:10])
     np.save(pairs / "vector.npy", np.ones(512, dtype=np.float32))
     np.savez(pairs / "two.npz", a=np.ones((2, 2)), b=np.ones((2, 2)))
+    (pairs / "garbage.npy").write_bytes(b"not numpy")
     out = run(*[a.format(p=pairs, t=tmp_path) for a in args])
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()
@@ -139,8 +141,10 @@ def test_embed_skips_or_names_unreadable_images(tmp_path):
     (["--images", "{t}", "-o", "{t}/v.npy"], "--images: no image files"),
     (["--texts", "{t}/none.txt", "-o", "{t}/v.npy"], "--texts: no such file"),
     (["--texts", "{t}/none.txt", "-o", "{t}/v.csv"], r"-o/--output must name a .npy file"),
+    (["--images", "{t}/empty.txt", "-o", "{t}/v.npy"], r"--images: the list file .*empty.txt names no image"),
 ])
 def test_embed_user_errors(tmp_path, args, message):
+    (tmp_path / "empty.txt").write_text("\n")
     out = run("embed", "--model", str(TINY_MODEL), *[a.format(t=tmp_path) for a in args])
     assert out.returncode == 1 and re.search(message, out.stderr), out.stderr
 

@@ -17,20 +17,6 @@ N = 500
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
-@pytest.fixture(scope="module")
-def cal(coco):
-    return GapCalibrator().fit(*coco)
-
-
-@pytest.fixture(scope="module")
-def flat(cal, coco):
-    text, image = coco
-    index = MixedIndex(cal, "Flat")
-    index.add(text, "text", ids=np.arange(N))
-    index.add(image, "image", ids=np.arange(N, 2 * N))
-    return index
-
-
 def brute_force(cal, queries, query_modality, items):
     """Calibrated scores of every query against ``items`` = {modality: (vectors, ids)}, as (scores, ids)."""
     scores = np.hstack([cal.similarity(queries, x, query_modality, m) for m, (x, _) in items.items()])
@@ -57,28 +43,28 @@ def recall(found, truth):
 
 @pytest.mark.parametrize("query_modality", ["text", "image"])
 @pytest.mark.parametrize("k", [1, 10, 2 * N])
-def test_flat_search_equals_brute_force_over_both_modalities(cal, coco, flat, query_modality, k):
+def test_flat_search_equals_brute_force_over_both_modalities(cal, coco, flat_index, query_modality, k):
     text, image = coco
     queries = text if query_modality == "text" else image
     scores, ids = brute_force(cal, queries, query_modality,
                               {"text": (text, np.arange(N)), "image": (image, np.arange(N, 2 * N))})
-    result = flat.search(queries, k=k, query_modality=query_modality)
+    result = flat_index.search(queries, k=k, query_modality=query_modality)
     assert result.ids.shape == result.scores.shape == result.modalities.shape == (N, k)
     assert_ranked_like(result, scores, ids, k)
     np.testing.assert_array_equal(result.modalities, np.where(result.ids < N, "text", "image"))
 
 
-def test_flat_search_of_one_item_modality(cal, coco, flat):
+def test_flat_search_of_one_item_modality(cal, coco, flat_index):
     text, image = coco
-    result = flat.search(image[:50], k=20, query_modality="image", item_modality="text")
+    result = flat_index.search(image[:50], k=20, query_modality="image", item_modality="text")
     scores, ids = brute_force(cal, image[:50], "image", {"text": (text, np.arange(N))})
     assert_ranked_like(result, scores, ids, 20)
     assert set(result.modalities.ravel()) == {"text"}
 
 
-def test_calibration_mixes_modalities_where_raw_scores_do_not(flat, coco):
+def test_calibration_mixes_modalities_where_raw_scores_do_not(flat_index, coco):
     text, _ = coco
-    shares = (flat.search(text[:100], k=10).modalities == "image").mean()
+    shares = (flat_index.search(text[:100], k=10).modalities == "image").mean()
     raw = faiss.IndexFlatIP(512)
     raw.add(np.vstack(coco))
     _, raw_ids = raw.search(text[:100], 10)

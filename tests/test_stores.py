@@ -11,16 +11,11 @@ import numpy as np
 import pytest
 
 from gapcal.calibration import GapCalibrator
-from gapcal.index import MixedIndex, SearchResult
+from gapcal.index import SearchResult
 from gapcal.stores import MilvusStore, StoreResult
 
 N = 500
 TOL = 1e-5
-
-
-@pytest.fixture(scope="module")
-def cal(coco):
-    return GapCalibrator().fit(*coco)
 
 
 @pytest.fixture(scope="module")
@@ -37,15 +32,6 @@ def store(uri, cal, coco):
     store.add(image, "image", ids=np.arange(N, 2 * N))
     yield store
     store.close()
-
-
-@pytest.fixture(scope="module")
-def mixed(cal, coco):
-    text, image = coco
-    index = MixedIndex(cal, "Flat")
-    index.add(text, "text", ids=np.arange(N))
-    index.add(image, "image", ids=np.arange(N, 2 * N))
-    return index
 
 
 _names = iter(f"c{i}" for i in range(10**6))
@@ -81,11 +67,11 @@ def assert_same_ranking(got, want, cal, queries, query_modality, items):
 
 # ---------------------------------------------------------------------- equality with MixedIndex on FLAT
 @pytest.mark.parametrize("query_modality", ["text", "image"])
-def test_top10_equals_mixed_index(store, mixed, cal, coco, query_modality):
+def test_top10_equals_mixed_index(store, flat_index, cal, coco, query_modality):
     text, image = coco
     queries = text if query_modality == "text" else image
     got = store.search(queries, k=10, query_modality=query_modality)
-    want = mixed.search(queries, k=10, query_modality=query_modality)
+    want = flat_index.search(queries, k=10, query_modality=query_modality)
     assert isinstance(got, SearchResult) and isinstance(got, StoreResult)
     assert_same_ranking(got, want, cal, queries, query_modality,
                         {"text": (text, np.arange(N)), "image": (image, np.arange(N, 2 * N))})
@@ -94,21 +80,21 @@ def test_top10_equals_mixed_index(store, mixed, cal, coco, query_modality):
 
 @pytest.mark.parametrize("query_modality", ["text", "image"])
 @pytest.mark.parametrize("k", [2 * N, 2 * N + 37])
-def test_whole_ranking_equals_mixed_index(store, mixed, cal, coco, query_modality, k):
+def test_whole_ranking_equals_mixed_index(store, flat_index, cal, coco, query_modality, k):
     text, image = coco
     queries = (text if query_modality == "text" else image)[::25]
     got = store.search(queries, k=k, query_modality=query_modality)
-    want = mixed.search(queries, k=k, query_modality=query_modality)
+    want = flat_index.search(queries, k=k, query_modality=query_modality)
     assert_same_ranking(got, want, cal, queries, query_modality,
                         {"text": (text, np.arange(N)), "image": (image, np.arange(N, 2 * N))})
     assert np.all(got.ids[:, 2 * N:] == -1) and np.all(got.scores[:, 2 * N:] == -np.inf)
     assert np.all(got.modalities[:, 2 * N:] == "")
 
 
-def test_one_item_modality(store, mixed, cal, coco):
+def test_one_item_modality(store, flat_index, cal, coco):
     text, image = coco
     got = store.search(image[:40], k=30, query_modality="image", item_modality="text")
-    want = mixed.search(image[:40], k=30, query_modality="image", item_modality="text")
+    want = flat_index.search(image[:40], k=30, query_modality="image", item_modality="text")
     assert_same_ranking(got, want, cal, image[:40], "image", {"text": (text, np.arange(N))})
     assert set(got.modalities.ravel()) == {"text"}
 
@@ -137,7 +123,7 @@ def test_closing_one_store_leaves_another_on_the_same_uri_working(store, uri, ca
     assert store.search(coco[0][:3], k=5).ids.shape == (3, 5) and len(store) == 2 * N
 
 
-def test_ivf_index_and_search_params_pass_through(uri, mixed, cal, coco):
+def test_ivf_index_and_search_params_pass_through(uri, flat_index, cal, coco):
     text, image = coco
     ivf = MilvusStore(uri, "coco_ivf", cal, index_params={"index_type": "IVF_FLAT", "params": {"nlist": 16}})
     try:
@@ -145,7 +131,7 @@ def test_ivf_index_and_search_params_pass_through(uri, mixed, cal, coco):
         ivf.add(image, "image", ids=np.arange(N, 2 * N))
         assert ivf.client.describe_index("coco_ivf", index_name="vector")["index_type"] == "IVF_FLAT"
         got = ivf.search(text[:50], k=10, search_params={"nprobe": 16})  # every list probed: exact
-        assert_same_ranking(got, mixed.search(text[:50], k=10), cal, text[:50], "text",
+        assert_same_ranking(got, flat_index.search(text[:50], k=10), cal, text[:50], "text",
                             {"text": (text, np.arange(N)), "image": (image, np.arange(N, 2 * N))})
     finally:
         ivf.client.drop_collection("coco_ivf")
