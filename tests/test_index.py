@@ -92,23 +92,24 @@ def test_ids_given_or_continuing_after_the_largest(cal, coco):
     assert index.add(np.empty((0, 512)), "text").shape == (0,) and len(index) == 7
 
 
-@pytest.mark.parametrize("spec", ["Flat", "HNSW32"])
-def test_removed_items_are_never_returned(cal, coco, spec):
+@pytest.mark.parametrize("spec, params", [("Flat", None), ("HNSW32", {"efSearch": 2 * N}), ("IVF16,Flat", {"nprobe": 16})])
+def test_removed_items_are_never_returned(cal, coco, spec, params):
     text, image = coco
-    index = MixedIndex(cal, spec)
-    index.add(text, "text", ids=np.arange(N))
-    index.add(image, "image", ids=np.arange(N, 2 * N))
+    index = ivf_index(cal, coco, spec) if spec.startswith("IVF") else MixedIndex(cal, spec)
+    if not len(index):
+        index.add(text, "text", ids=np.arange(N))
+        index.add(image, "image", ids=np.arange(N, 2 * N))
     gone = np.concatenate([np.arange(0, N, 3), np.arange(N, 2 * N, 4)])
     assert index.remove(gone) == len(gone)
     assert len(index) == 2 * N - len(gone)
-    result = index.search(text[:40], k=2 * N, params={"efSearch": 2 * N} if spec != "Flat" else None)
+    result = index.search(text[:40], k=2 * N, params=params)
     assert not np.isin(result.ids, gone).any()
-    if spec == "Flat":
+    if spec != "HNSW32":  # exact: Flat, and IVF probing every list
         keep_t, keep_i = np.setdiff1d(np.arange(N), gone), np.setdiff1d(np.arange(N, 2 * N), gone)
         scores, ids = brute_force(cal, text[:40], "text", {"text": (text[keep_t], keep_t),
                                                            "image": (image[keep_i - N], keep_i)})
         k = len(ids)
-        result = index.search(text[:40], k=k)
+        result = index.search(text[:40], k=k, params=params)
         assert_ranked_like(result, scores, ids, k)
 
 
@@ -130,8 +131,7 @@ def held_out(coco):
     return cal, held[:400], held[400:]
 
 
-@pytest.mark.parametrize("spec, params", [("HNSW32", None), ("HNSW32", {"efSearch": 10}), ("PQ16np", None),
-                                          ("IVF8,PQ16np", {"nprobe": 2})])
+@pytest.mark.parametrize("spec, params", [("HNSW32", None), ("HNSW32", {"efSearch": 10}), ("PQ16np", None)])
 def test_approximate_recall_is_no_worse_than_bare_faiss(coco, held_out, spec, params):
     text, image = coco
     cal, fit, query = held_out
@@ -170,6 +170,82 @@ def test_search_settings_pass_through_to_faiss(cal, coco):
     assert recall(index.search(text[:50], k=10).ids, truth) < 0.9  # the index's own nprobe (1) otherwise
 
 
+def ivf_index(cal, coco, spec="IVF16,Flat"):
+    text, image = coco
+    index = MixedIndex(cal, spec)
+    index.train(text, "text")
+    index.train(image, "image")
+    index.add(text, "text", ids=np.arange(N))
+    index.add(image, "image", ids=np.arange(N, 2 * N))
+    return index
+
+
+def ivf_nlists(index):
+    return [faiss.extract_index_ivf(index.faiss_index(m)).nlist for m in ("text", "image")]
+
+
+def test_ivf_lists_are_shared_out_between_the_modalities(cal):
+    assert ivf_nlists(MixedIndex(cal, "IVF16,Flat")) == [8, 8]
+    assert ivf_nlists(MixedIndex(cal, "IVF5,Flat")) == [2, 3]
+    assert ivf_nlists(MixedIndex(cal, "IVF1,Flat")) == [1, 1]
+
+
+def test_ivf_scans_nprobe_lists_in_total_like_bare_faiss(cal, coco):
+    """One nprobe budget for both modalities: the same number of lists (and of centroids) as a bare IVF."""
+    text, _ = coco
+    index = ivf_index(cal, coco)
+    stats = faiss.cvar.indexIVF_stats
+    for item_modality, nprobe in ((None, 3), (None, 16), ("image", 3)):
+        stats.reset()
+        index.search(text[:50], k=10, item_modality=item_modality, params={"nprobe": nprobe})
+        assert stats.nq == 50 * (1 if item_modality else 2)
+        assert stats.nlist == 50 * min(nprobe, 16 if item_modality is None else 8)
+
+
+def test_ivf_shares_the_budget_better_than_an_even_split(cal, coco):
+    """Lists ranked across modalities by calibrated reach beat probing nprobe/2 of each modality's lists."""
+    text, image = coco
+    index = ivf_index(cal, coco, "IVF32,Flat")
+    items = {"text": (text, np.arange(N)), "image": (image, np.arange(N, 2 * N))}
+    for m, queries in (("text", text), ("image", image)):
+        scores, ids = brute_force(cal, queries, m, items)
+        truth = ids[np.argsort(-scores, axis=1)[:, :10]]
+        halves = [index.search(queries, k=10, query_modality=m, item_modality=t, params={"nprobe": 2})
+                  for t in ("text", "image")]
+        merged = np.argsort(-np.hstack([h.scores for h in halves]), axis=1)[:, :10]
+        even = np.take_along_axis(np.hstack([h.ids for h in halves]), merged, 1)
+        shared = index.search(queries, k=10, query_modality=m, params={"nprobe": 4}).ids
+        assert recall(shared, truth) > recall(even, truth) + 0.01
+
+
+@pytest.mark.parametrize("spec", ["IVF8,PQ16x4np", "IVF8,SQ8", "PCA128,IVF8,Flat"])
+def test_ivf_lists_scan_as_faiss_scans_them(cal, coco, spec):
+    """Preassigned scans give faiss's own scores, including residual codes that need the centroid score."""
+    text, image = coco
+    index = ivf_index(cal, coco, spec)
+    for m in ("text", "image"):
+        result = index.search(image[:30], k=10, query_modality="image", item_modality=m, params={"nprobe": 4})
+        sub = index.faiss_index(m)
+        faiss.extract_index_ivf(sub).nprobe = 4
+        u = cal.transform_query(image[:30], "image", m)
+        scores, ids = sub.search(np.pad(u, ((0, 0), (0, sub.d - u.shape[1]))), 10)  # zero columns up to its width
+        np.testing.assert_array_equal(result.ids, ids)
+        np.testing.assert_allclose(result.scores, scores + cal.score_offset("image", m), atol=1e-5)
+
+
+def test_trained_ivf_template_keeps_its_lists(cal, coco):
+    text, image = coco
+    template = faiss.index_factory(cal.output_dim_, "IVF8,Flat", faiss.METRIC_INNER_PRODUCT)
+    template.train(np.vstack([cal.transform(text, "text"), cal.transform(image, "image")]))
+    index = MixedIndex(cal, template)
+    assert ivf_nlists(index) == [8, 8]
+    index.add(text, "text", ids=np.arange(N))
+    index.add(image, "image", ids=np.arange(N, 2 * N))
+    scores, ids = brute_force(cal, text[:40], "text", {"text": (text, np.arange(N)), "image": (image, np.arange(N, 2 * N))})
+    assert_ranked_like(index.search(text[:40], k=10, params={"nprobe": 16}), scores, ids, 10)
+    assert all(spread > 0 for spread in index._backend.spread.values())  # measured on the first add
+
+
 def test_pq_widths_are_padded_with_zero_columns(cal, coco):
     text, _ = coco
     index = MixedIndex(cal, "PQ64x4fs")
@@ -190,11 +266,13 @@ def test_faiss_index_object_as_template(cal, coco):
     assert index.faiss_index("image").ntotal == N
 
 
-def test_concurrent_searches_equal_serial_ones(cal, coco):
+@pytest.mark.parametrize("spec", ["HNSW32", "IVF16,Flat"])
+def test_concurrent_searches_equal_serial_ones(cal, coco, spec):
     text, image = coco
-    index = MixedIndex(cal, "HNSW32")
-    index.add(text, "text")
-    index.add(image, "image")
+    index = ivf_index(cal, coco, spec) if spec.startswith("IVF") else MixedIndex(cal, spec)
+    if not len(index):
+        index.add(text, "text")
+        index.add(image, "image")
     batches = [(text if j % 2 else image)[j * 20:(j + 1) * 20] for j in range(20)]
     modalities = ["text" if j % 2 else "image" for j in range(20)]
     serial = [index.search(b, k=15, query_modality=m) for b, m in zip(batches, modalities)]
@@ -322,6 +400,9 @@ def test_bad_input_names_the_problem_and_changes_nothing(cal, coco, call, error,
     _assert_same(before, _state(index, text[200:203]))
 
 
+L2_QUANTIZER = faiss.IndexFlatL2(513)  # kept alive: the IVF index below only points to it
+
+
 @pytest.mark.parametrize("make, error, match", [
     (lambda c: MixedIndex(c, 42), TypeError, r"index must be a faiss index_factory string or an empty faiss.Index, got int"),
     (lambda c: MixedIndex(c, "NoSuchIndex"), ValueError, r"index must be a faiss index_factory string .* got 'NoSuchIndex'"),
@@ -329,6 +410,8 @@ def test_bad_input_names_the_problem_and_changes_nothing(cal, coco, call, error,
      r"index must use faiss.METRIC_INNER_PRODUCT.* got faiss.METRIC_L2"),
     (lambda c: MixedIndex(c, faiss.IndexFlatIP(512)), ValueError, r"index must have dimension >= 513 .* got d=512"),
     (lambda c: MixedIndex(c, faiss.IndexIDMap(faiss.IndexFlatIP(513))), TypeError, r"without an IndexIDMap"),
+    (lambda c: MixedIndex(c, faiss.IndexIVFFlat(L2_QUANTIZER, 513, 4, faiss.METRIC_INNER_PRODUCT)), ValueError,
+     r"index must have an inner-product coarse quantizer .* got faiss.METRIC_L2"),
     (lambda c: MixedIndex("calibrator", "Flat"), TypeError, r"calibrator must be a fitted gapcal GapCalibrator, got str"),
     (lambda c: MixedIndex(GapCalibrator(), "Flat"), ValueError, r"calibrator must be fitted"),
 ])

@@ -183,6 +183,21 @@ def test_load_refuses_swapped_index_files(saved):
         MixedIndex.load(saved)
 
 
+def test_ivf_round_trip_keeps_the_list_spread_and_refuses_a_sidecar_without_it(cal, coco, tmp_path):
+    index = build(cal, coco, "IVF16,Flat")
+    index.save(tmp_path / "ivf")
+    loaded = MixedIndex.load(tmp_path / "ivf")
+    assert loaded._backend.spread == index._backend.spread and all(index._backend.spread.values())
+    for nprobe in (1, 3):
+        queries = coco[1][:30]
+        a = index.search(queries, k=10, params={"nprobe": nprobe})
+        b = loaded.search(queries, k=10, params={"nprobe": nprobe})
+        np.testing.assert_array_equal(a.ids, b.ids)
+    edit_sidecar(tmp_path / "ivf", lambda h: h.pop("list_spread"))
+    with pytest.raises(ValueError, match=r"is missing the text index's list_spread entry"):
+        MixedIndex.load(tmp_path / "ivf")
+
+
 def test_load_refuses_a_corrupt_faiss_file(saved):
     header = json.loads((saved / "mixed.json").read_text())
     path = saved / header["indexes"]["image"]["file"]

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._checks import MODALITIES
 from .calibration import GapCalibrator
 
 
@@ -20,6 +21,22 @@ class SearchResult:
     ids: np.ndarray
     scores: np.ndarray
     modalities: np.ndarray
+
+
+def merge_ranked(targets, parts, k):
+    """One ranked top-k from per-item-modality ones: ``parts[j] = (scores, ids)`` for ``targets[j]``.
+
+    Returns ``(order, scores, ids, modalities)``; ``order`` indexes the concatenated columns, for callers
+    that carry more per-hit data. Missing hits (id -1) rank last with score -inf.
+    """
+    scores = np.concatenate([p[0] for p in parts], axis=1)
+    ids = np.concatenate([p[1] for p in parts], axis=1)
+    codes = np.repeat(np.array([MODALITIES.index(m) for m in targets]), [p[1].shape[1] for p in parts])
+    codes = np.where(ids < 0, len(MODALITIES), codes)
+    scores[ids < 0] = -np.inf
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    rows = np.arange(len(ids))[:, None]
+    return order, scores[rows, order], ids[rows, order], np.array([*MODALITIES, ""])[codes[rows, order]]
 
 
 def check_calibrator(calibrator) -> GapCalibrator:

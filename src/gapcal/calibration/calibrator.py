@@ -369,10 +369,17 @@ class GapCalibrator:
 
     def transform_query(self, queries, query_modality="text", item_modality="image") -> np.ndarray:
         """Query vectors for searching items of ``item_modality``: float32 (n, output_dim_)."""
-        check_modality("query_modality", query_modality)
         check_modality("item_modality", item_modality)
+        return self.transform_queries(queries, query_modality, (item_modality,))[0]
+
+    def transform_queries(self, queries, query_modality="text", item_modalities=MODALITIES) -> list:
+        """``transform_query`` for each of ``item_modalities``, validating and embedding the queries once
+        (a mixed search needs one query vector per item modality)."""
+        check_modality("query_modality", query_modality)
+        for item_modality in item_modalities:
+            check_modality("item_modalities", item_modality)
         e = self._embed(self._prepared("queries", queries), query_modality)
-        return self._query_vectors(e, query_modality, item_modality)
+        return [self._query_vectors(e, query_modality, m) for m in item_modalities]
 
     def score_offset(self, query_modality="text", item_modality="image") -> float:
         """Constant added to ``transform_query @ transform.T`` to give the calibrated score."""

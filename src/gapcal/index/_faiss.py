@@ -14,6 +14,12 @@ import numpy as np
 # steps that the factory string accepts; zero columns leave every inner product unchanged.
 _PAD_STEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
+# How far above its centroid's score the best items of an inverted list are taken to reach, in units of the
+# items' spread along the query; MixedIndex ranks the lists of both modalities by it (see its notes on IVF).
+# Chosen on COCO-derived data (bench/index_speed.py): 0 under-probes the modality whose scores spread more,
+# 3 over-probes it; 1 to 2 recall best at equal nprobe.
+LIST_OPTIMISM = 1.5
+
 # Search-time settings that ``search(..., params=...)`` passes through, and the structure each needs.
 SEARCH_SETTINGS = {"efSearch": "hnsw", "nprobe": "ivf"}
 
@@ -68,6 +74,69 @@ def clone_template(index, dim: int):
     except RuntimeError as exc:
         raise TypeError(f"index must be a faiss index type that can be cloned (one copy per modality), got "
                         f"{type(index).__name__}: {faiss_message(exc)}") from None
+
+
+def inverted_lists(index):
+    """The IVF structure inside ``index`` and the vector transforms applied before it, or (None, [])."""
+    index = faiss.downcast_index(index)
+    chain = []
+    if isinstance(index, faiss.IndexIDMap):
+        index = faiss.downcast_index(index.index)
+    if isinstance(index, faiss.IndexPreTransform):
+        chain = [faiss.downcast_VectorTransform(index.chain.at(i)) for i in range(index.chain.size())]
+        index = faiss.downcast_index(index.index)
+    return (index, chain) if isinstance(index, faiss.IndexIVF) else (None, [])
+
+
+def split_lists(index, nlist: int) -> None:
+    """Give the untrained IVF structure inside ``index`` ``nlist`` inverted lists (it trains that many)."""
+    ivf, _ = inverted_lists(index)
+    lists = faiss.ArrayInvertedLists(nlist, ivf.code_size)
+    ivf.nlist = nlist
+    ivf.replace_invlists(lists, True)
+    lists.this.disown()  # the IVF index owns and frees it
+
+
+def check_coarse_metric(name: str, index) -> None:
+    """Lists of both modalities are ranked by inner product with their centroids: the quantizer must give it."""
+    ivf, _ = inverted_lists(index)
+    if ivf is not None and ivf.quantizer.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise ValueError(f"{name} must have an inner-product coarse quantizer (faiss.METRIC_INNER_PRODUCT), by which "
+                         f"MixedIndex ranks the inverted lists of both modalities; got "
+                         f"{metric_name(ivf.quantizer.metric_type)}")
+
+
+def before_lists(chain, x: np.ndarray) -> np.ndarray:
+    """``x`` as the IVF structure sees it: through the index's vector transforms (PCA, OPQ, ...)."""
+    for transform in chain:
+        x = transform.apply(x)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def list_spread(index, x: np.ndarray) -> float:
+    """Mean squared distance of vectors ``x`` (as added to ``index``) to their nearest centroid."""
+    ivf, chain = inverted_lists(index)
+    xt = before_lists(chain, x)
+    _, nearest = ivf.quantizer.search(xt, 1)
+    centroids = ivf.quantizer.reconstruct_batch(nearest[:, 0])
+    return float(np.mean(np.sum((xt - centroids) ** 2, axis=1, dtype=np.float64)))
+
+
+def search_lists(ivf, x, k, lists, centroid_scores, sel=None, max_codes=None):
+    """faiss ``search_preassigned`` with an ID selector: scan the given lists (-1 = skip) for each query."""
+    params = faiss.SearchParametersIVF()
+    params.nprobe = lists.shape[1]
+    params.max_codes = ivf.max_codes if max_codes is None else max_codes
+    if sel is not None:
+        params.sel = sel
+    n = len(x)
+    scores = np.empty((n, k), dtype=np.float32)
+    ids = np.empty((n, k), dtype=np.int64)
+    lists = np.ascontiguousarray(lists, dtype=np.int64)
+    centroid_scores = np.ascontiguousarray(centroid_scores, dtype=np.float32)
+    ivf.search_preassigned_c(n, faiss.swig_ptr(x), k, faiss.swig_ptr(lists), faiss.swig_ptr(centroid_scores),
+                             faiss.swig_ptr(scores), faiss.swig_ptr(ids), False, params)
+    return scores, ids
 
 
 def with_ids(index):

@@ -10,7 +10,7 @@ import faiss
 import numpy as np
 
 from .._checks import MODALITIES, as_matrix, check_modality
-from .._search import SearchResult, check_calibrator, check_ids, check_k
+from .._search import SearchResult, check_calibrator, check_ids, check_k, merge_ranked
 from ..calibration import GapCalibrator
 from . import _faiss
 
@@ -57,16 +57,23 @@ class _ReadWriteLock:
 
 
 class _Split:
-    """One faiss index per item modality holding calibrated item vectors (see MixedIndex's notes)."""
+    """One faiss index per item modality holding calibrated item vectors (see MixedIndex's notes);
+    IVF ones share one ``nprobe`` budget."""
 
     layout = "per-modality"
     appends_positions = False
 
-    def __init__(self, calibrator, subs: dict, width: int, spec: str):
+    def __init__(self, calibrator, subs: dict, width: int, spec: str, spread=None):
         self.cal, self.subs, self.width, self.spec = calibrator, subs, width, spec
         self.removable = {m: _faiss.can_remove(subs[m]) for m in MODALITIES}
         self.structures = _faiss.structures(subs["text"])
         self._hidden = {m: None for m in MODALITIES}  # selectors that skip ids faiss could not delete
+        self.lists = {m: _faiss.inverted_lists(subs[m]) for m in MODALITIES}  # (IVF structure, transforms)
+        for ivf, _ in self.lists.values():
+            if ivf is not None and ivf.parallel_mode == 0:
+                ivf.parallel_mode = 3  # threads over queries inside search_preassigned too (mode 0: only in search)
+        # per modality: mean squared distance of its vectors to their list's centroid (IVF only)
+        self.spread = dict(spread) if spread else {m: None for m in MODALITIES}
 
     def _padded(self, vectors: np.ndarray) -> np.ndarray:
         if vectors.shape[1] == self.width:
@@ -80,16 +87,21 @@ class _Split:
 
     def train(self, modality, x) -> None:
         sub = self.subs[modality]
+        vectors = self._padded(self.cal.transform(x, modality))
         try:
-            sub.train(self._padded(self.cal.transform(x, modality)))
+            sub.train(vectors)
         except RuntimeError as exc:
             raise ValueError(f"vectors could not train the {modality} items' index ({self.spec}): "
                              f"{_faiss.faiss_message(exc)}") from None
+        if self.lists[modality][0] is not None:
+            self.spread[modality] = _faiss.list_spread(sub, vectors[:_CHUNK])
 
     def add(self, modality, x, ids) -> None:
         sub = self.subs[modality]
         for start in range(0, len(x), _CHUNK):
             chunk = self._padded(self.cal.transform(x[start:start + _CHUNK], modality))
+            if self.lists[modality][0] is not None and self.spread[modality] is None:  # trained by its owner
+                self.spread[modality] = _faiss.list_spread(sub, chunk)
             sub.add_with_ids(chunk, ids[start:start + _CHUNK])
 
     def remove(self, modality, ids) -> bool:
@@ -105,13 +117,48 @@ class _Split:
         else:
             self._hidden[modality] = None
 
-    def search(self, queries, query_modality, modality, k, settings):
-        u = self._padded(self.cal.transform_query(queries, query_modality, modality))
-        hidden = self._hidden[modality]
-        params, keep = _faiss.search_parameters(self.subs[modality], hidden and hidden[0], settings)
-        scores, ids = self.subs[modality].search(u, k, params=params)
-        del keep
-        return scores + np.float32(self.cal.score_offset(query_modality, modality)), ids
+    def search(self, queries, query_modality, targets, k, settings):
+        """(scores, ids) of the top k per target item modality, scores calibrated; ``queries[j]`` is the
+        calibrator's query vectors for ``targets[j]``."""
+        if self.lists["text"][0] is not None:
+            return self._search_lists(queries, query_modality, targets, k, settings)
+        parts = []
+        for m, u in zip(targets, queries):
+            u = self._padded(u)
+            hidden = self._hidden[m]
+            params, keep = _faiss.search_parameters(self.subs[m], hidden and hidden[0], settings)
+            scores, ids = self.subs[m].search(u, k, params=params)
+            del keep
+            parts.append((scores + np.float32(self.cal.score_offset(query_modality, m)), ids))
+        return parts
+
+    def _search_lists(self, queries, query_modality, targets, k, settings):
+        """IVF: rank the lists of every target modality by calibrated reach, scan the best ``nprobe`` in all."""
+        budget = int(settings.get("nprobe", max(self.lists[m][0].nprobe for m in targets)))
+        probes = []
+        for m, u in zip(targets, queries):
+            ivf, chain = self.lists[m]
+            u = _faiss.before_lists(chain, self._padded(u))
+            offset = np.float32(self.cal.score_offset(query_modality, m))
+            centroid_scores, lists = ivf.quantizer.search(u, min(budget, ivf.nlist))
+            spread = np.sqrt((self.spread[m] or 0.0) / ivf.d)
+            reach = centroid_scores + offset + np.float32(_faiss.LIST_OPTIMISM * spread) * np.linalg.norm(
+                u, axis=1, keepdims=True)
+            probes.append([u, offset, centroid_scores, lists, np.where(lists >= 0, reach, -np.inf)])
+        if len(probes) > 1:  # one budget for both modalities: keep each query's best lists overall
+            reach = np.concatenate([p[4] for p in probes], axis=1)
+            if reach.shape[1] > budget:
+                cut = -np.partition(-reach, budget - 1, axis=1)[:, budget - 1:budget]
+                keep = (reach >= cut) & (np.cumsum(reach >= cut, axis=1) <= budget)  # ties: first ones win
+                widths = np.cumsum([0] + [p[3].shape[1] for p in probes])
+                for p, lo, hi in zip(probes, widths[:-1], widths[1:]):
+                    p[3] = np.where(keep[:, lo:hi], p[3], -1)
+        parts = []
+        for m, (u, offset, centroid_scores, lists, _) in zip(targets, probes):
+            hidden = self._hidden[m]
+            scores, ids = _faiss.search_lists(self.lists[m][0], u, k, lists, centroid_scores, hidden and hidden[0])
+            parts.append((scores + offset, ids))
+        return parts
 
 
 class _Wrapped:
@@ -161,15 +208,19 @@ class _Wrapped:
         proj = self.cal.projection_matrix(modality)
         return np.ascontiguousarray(q if proj is None else q @ proj.T.astype(np.float32), dtype=np.float32)
 
-    def search(self, queries, query_modality, modality, k, settings):
+    def search(self, queries, query_modality, targets, k, settings):
+        """(scores, ids) of the top k per target item modality, scores calibrated; ``queries[j]`` is the
+        calibrator's query vectors for ``targets[j]``."""
         n_cand = k * self.candidates
         step = max(1, _CHUNK // n_cand)  # bounds the re-scored vectors held at once to about _CHUNK
-        parts = [self._search_chunk(queries[s:s + step], query_modality, modality, k, n_cand, settings)
-                 for s in range(0, len(queries), step)]
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        out = []
+        for m, u in zip(targets, queries):
+            parts = [self._search_chunk(u[s:s + step], query_modality, m, k, n_cand, settings)
+                     for s in range(0, len(u), step)]
+            out.append((np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])))
+        return out
 
-    def _search_chunk(self, queries, query_modality, modality, k, n_cand, settings):
-        u = self.cal.transform_query(queries, query_modality, modality)
+    def _search_chunk(self, u, query_modality, modality, k, n_cand, settings):
         params, keep = _faiss.search_parameters(self.index, self._selectors[modality], settings)
         _, ids = self.index.search(self._candidate_queries(u, modality), n_cand, params=params)
         del keep
@@ -202,10 +253,18 @@ class MixedIndex:
     vectors, k=10): a flat index keeps its BLAS path (0.66 vs 7.9 ms/query; faiss scans selector-filtered
     flat indexes row by row), and an HNSW walk that skips the other modality's nodes stops early (recall@10
     0.81 vs 0.50 at efSearch 64). Costs against bare faiss on the same vectors: flat indexes scan the same
-    rows; IVF pays one extra coarse quantisation per query, HNSW one extra graph walk. Cross-modal
-    sub-searches (text query, image items) are out of distribution for IVF and HNSW, so at equal nprobe or
-    efSearch they recall less than same-modality ones; raising those settings closes the gap
-    (``bench/index_speed.py`` prints the trade-off).
+    rows; HNSW pays a second graph walk, and its cross-modal walks (text query, image graph) are out of
+    distribution, so at equal efSearch they recall less than a bare index's walk for its raw top-k.
+
+    IVF specs share their lists out: ``"IVF4096,Flat"`` gives each modality 2048 lists (trained on that
+    modality), and ``nprobe`` counts lists in total. Each query ranks the centroids of both modalities by
+    calibrated reach (centroid score plus the pair's offset, plus ``LIST_OPTIMISM`` times the modality's
+    spread of items around their centroid along the query: cross-modal scores are divided by a smaller
+    std, so those lists reach further above their centroid) and scans its best ``nprobe`` lists, so it
+    compares as many centroids and scans as many items as a bare IVF of the same spec. At equal nprobe
+    it recalls a little less than a bare index does for raw scores, whose top-k sits in one modality's
+    lists (``bench/index_speed.py`` prints both). A template IVF that is already trained keeps its nlist
+    in each modality.
 
     Thread safety: searches run concurrently; ``add``, ``remove`` and ``train`` wait for running
     searches and block new ones while they change the index.
@@ -223,6 +282,11 @@ class MixedIndex:
         else:
             raise TypeError(f"index must be a faiss index_factory string or an empty faiss.Index, got "
                             f"{type(index).__name__}")
+        _faiss.check_coarse_metric("index", first)
+        ivf, _ = _faiss.inverted_lists(first)
+        if ivf is not None and not ivf.is_trained and ivf.nlist > 1:  # the spec's lists, shared out
+            _faiss.split_lists(second, ivf.nlist - ivf.nlist // 2)
+            _faiss.split_lists(first, ivf.nlist // 2)
         subs = {"text": _faiss.with_ids(first), "image": _faiss.with_ids(second)}
         self._setup(cal, _Split(cal, subs, width, spec))
 
@@ -261,7 +325,7 @@ class MixedIndex:
         selector-less ones: in a raw mixed index the modality gap keeps each modality in its own IVF
         lists and graph region, so a query filtered to the other modality barely reaches it. Measured
         recall@10 on COCO-500 (both modalities in one raw index; in place vs re-indexed): IVF16,Flat
-        nprobe 4: 0.42 vs 0.95; HNSW32 efSearch 64: 0.44 vs 1.00.
+        nprobe 4: 0.42 vs 0.92; HNSW32 efSearch 64: 0.44 vs 1.00.
         """
         cal = check_calibrator(calibrator)
         if not isinstance(index, faiss.Index):
@@ -480,15 +544,9 @@ class MixedIndex:
         settings = self._check_settings(params)
         with self._lock.read():
             self._check_calibrator_unchanged()
-            parts = [self._backend.search(q, query_modality, m, k, settings) for m in targets]
-        scores = np.concatenate([p[0] for p in parts], axis=1)
-        ids = np.concatenate([p[1] for p in parts], axis=1)
-        codes = np.concatenate([np.full(p[1].shape, MODALITIES.index(m)) for m, p in zip(targets, parts)], axis=1)
-        codes[ids < 0] = len(MODALITIES)
-        scores[ids < 0] = -np.inf
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        ids, scores = np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1)
-        names = np.array([*MODALITIES, ""])[np.take_along_axis(codes, order, 1)]
+            u = self._cal.transform_queries(q, query_modality, targets)
+            parts = self._backend.search(u, query_modality, targets, k, settings)
+        _, scores, ids, names = merge_ranked(targets, parts, k)
         return SearchResult(ids=ids, scores=scores, modalities=names)
 
     # ------------------------------------------------------------------ persistence

@@ -97,6 +97,8 @@ def save_index(mixed, path) -> None:
                   "counts": {m: {"live": len(mixed._live[m]), "hidden": len(mixed._hidden[m])} for m in MODALITIES}}
         if backend.layout == "wrapped":
             header["candidates"] = backend.candidates
+        else:
+            header["list_spread"] = backend.spread
         atomic_write(folder / SIDECAR, lambda fh: fh.write(json.dumps(header, indent=2).encode("utf-8")))
     except BaseException:
         for name in written:
@@ -190,7 +192,13 @@ def load_index(cls, path, calibrator=None):
                              f"{indexes['image'].d}, the calibrator needs {cal.output_dim_}")
         for m in MODALITIES:
             _check_stored(indexes[m], folder / header["indexes"][m]["file"], np.concatenate([live[m], hidden[m]]))
-        backend = _Split(cal, indexes, width, header["spec"])
+        spread = header.get("list_spread", {})
+        for m in MODALITIES:
+            ivf, _ = _faiss.inverted_lists(indexes[m])
+            if ivf is not None and ivf.ntotal and not isinstance(spread.get(m), (int, float)):
+                raise ValueError(f"{str(folder / SIDECAR)!r} is missing the {m} index's list_spread entry, which "
+                                 "IVF searches rank lists by: save the index again with this gapcal")
+        backend = _Split(cal, indexes, width, header["spec"], {m: spread.get(m) for m in MODALITIES})
     elif layout == "wrapped":
         index = indexes.get("shared")
         if index is None or index.d != dim:

@@ -21,7 +21,7 @@ except ImportError as exc:  # the optional extra is missing
 
 from .. import __version__
 from .._checks import MODALITIES, as_matrix, check_modality
-from .._search import SearchResult, check_calibrator, check_ids, check_k
+from .._search import SearchResult, check_calibrator, check_ids, check_k, merge_ranked
 
 FORMAT = "gapcal.MilvusStore"
 FORMAT_VERSION = 1
@@ -404,20 +404,16 @@ class MilvusStore:
         q = as_matrix("queries", queries, dim=self._cal.dim_, allow_empty=False)
         self._check_calibrator_unchanged()
         settings = {"metric_type": "IP", "params": dict(search_params)}
-        parts = [self._search_one(q, query_modality, m, k, filter, settings, list(names)) for m in targets]
-        scores = np.concatenate([p[0] for p in parts], axis=1)
-        ids = np.concatenate([p[1] for p in parts], axis=1)
-        codes = np.concatenate([np.full(p[1].shape, MODALITIES.index(m)) for m, p in zip(targets, parts)], axis=1)
-        codes[ids < 0] = len(MODALITIES)
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        queries_by_target = self._cal.transform_queries(q, query_modality, targets)
+        parts = [self._search_one(u, query_modality, m, k, filter, settings, list(names))
+                 for m, u in zip(targets, queries_by_target)]
+        order, scores, ids, modalities = merge_ranked(targets, parts, k)
         fields = {name: np.take_along_axis(np.concatenate([p[2][name] for p in parts], axis=1), order, 1)
                   for name in names}
-        return StoreResult(ids=np.take_along_axis(ids, order, 1), scores=np.take_along_axis(scores, order, 1),
-                           modalities=np.array([*MODALITIES, ""])[np.take_along_axis(codes, order, 1)], fields=fields)
+        return StoreResult(ids=ids, scores=scores, modalities=modalities, fields=fields)
 
-    def _search_one(self, q, query_modality, modality, k, user_filter, settings, names):
+    def _search_one(self, u, query_modality, modality, k, user_filter, settings, names):
         """One item modality's exact-order top-k: (scores, ids, {field: values}), each (nq, k), padded."""
-        u = self._cal.transform_query(q, query_modality, modality)
         offset = np.float32(self._cal.score_offset(query_modality, modality))
         expr = f'modality == "{modality}"' + (f" and ({user_filter})" if user_filter else "")
         nq = len(u)
