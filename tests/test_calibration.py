@@ -263,7 +263,8 @@ def test_use_before_fit_raises_not_fitted():
     cal = GapCalibrator()
     for call in (lambda: cal.transform(np.ones((2, 4))), lambda: cal.similarity(np.ones((1, 4)), np.ones((1, 4))),
                  lambda: cal.transform_query(np.ones((1, 4))), lambda: cal.score_offset(), lambda: cal.summary(),
-                 lambda: cal.output_dim_, lambda: cal.projection_matrix("text")):
+                 lambda: cal.output_dim_, lambda: cal.projection_matrix("text"),
+                 lambda: cal.transform_queries(np.ones((1, 4)))):
         with pytest.raises(NotFittedError, match="not fitted yet: call fit"):
             call()
 
@@ -377,3 +378,16 @@ def test_load_refuses_bad_files(tmp_path, fitted):
 def test_public_names():
     assert gapcal.GapCalibrator is GapCalibrator
     assert "GapCalibrator" in repr(GapCalibrator())
+
+
+def test_transform_queries_equal_transform_query_for_each_item_modality(cal, coco):
+    text, image = coco
+    for query_modality, queries in (("text", text[:20]), ("image", image[:20])):
+        both = cal.transform_queries(queries, query_modality)
+        for item_modality, u in zip(("text", "image"), both):
+            np.testing.assert_array_equal(u, cal.transform_query(queries, query_modality, item_modality))
+    assert len(cal.transform_queries(text[:3], "text", ("image",))) == 1
+    with pytest.raises(ValueError, match=r"item_modalities must be one of \('text', 'image'\), got 'audio'"):
+        cal.transform_queries(text[:3], "text", ("text", "audio"))
+    with pytest.raises(ValueError, match=r"queries must have dimension d=512"):
+        cal.transform_queries(text[:3, :10], "text")
