@@ -25,7 +25,7 @@ def as_matrix(name: str, x, *, dim: int | None = None, dtype=np.float32, allow_e
     (which have no direction, so no cosine).
     """
     arr = np.asarray(x)
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+    if arr.dtype.kind not in "fiu":
         raise TypeError(f"{name} must be a numeric array of shape (n, d), got dtype {arr.dtype}")
     if arr.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array of shape (n, d), got shape {arr.shape}")
@@ -38,14 +38,17 @@ def as_matrix(name: str, x, *, dim: int | None = None, dtype=np.float32, allow_e
     if arr.shape[1] == 0:
         raise ValueError(f"{name} must have at least one column, got shape {arr.shape}")
     arr = np.ascontiguousarray(arr, dtype=dtype)
-    finite = np.isfinite(arr).all(axis=1)
-    if not finite.all():
-        bad = np.flatnonzero(~finite)
-        raise ValueError(f"{name} must be finite: rows {bad[:5].tolist()} hold NaN or inf")
-    zero = ~arr.any(axis=1)
-    if zero.any():
-        bad = np.flatnonzero(zero)
-        raise ValueError(f"{name} must not hold all-zero rows (no direction, no cosine): rows {bad[:5].tolist()}")
+    squares = np.einsum("ij,ij->i", arr, arr)  # one pass: NaN, inf and all-zero rows all show here
+    fine = np.isfinite(squares) & (squares > 0)
+    if not fine.all():  # look closer (a huge finite row only overflows its square)
+        suspect = np.flatnonzero(~fine)
+        rows = arr[suspect]
+        bad = suspect[~np.isfinite(rows).all(axis=1)]
+        if len(bad):
+            raise ValueError(f"{name} must be finite: rows {bad[:5].tolist()} hold NaN or inf")
+        bad = suspect[~rows.any(axis=1)]
+        if len(bad):
+            raise ValueError(f"{name} must not hold all-zero rows (no direction, no cosine): rows {bad[:5].tolist()}")
     return arr
 
 
