@@ -284,6 +284,10 @@ def test_bad_transform_and_similarity_inputs(fitted, split):
     with pytest.raises(ValueError, match="x must not hold all-zero rows"):
         fitted.transform(np.zeros((1, 512)), "image")
     assert fitted.transform(q[:0], "text").shape == (0, fitted.output_dim_)
+    with pytest.raises(ValueError, match=r"x must be finite: rows \[3\] .*a norm outside float32's range"):
+        fitted.transform(np.vstack([q, np.full((1, 512), 1e30)]), "text")  # its squared norm overflows
+    with pytest.raises(ValueError, match=r"x must be finite: rows \[1\] hold NaN"):
+        fitted.transform(np.vstack([q[:1], np.full((1, 512), np.nan), np.zeros((1, 512))]), "text")
 
 
 # ---------------------------------------------------------------- persistence

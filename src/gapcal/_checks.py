@@ -21,8 +21,8 @@ def check_modality(name: str, value) -> str:
 def as_matrix(name: str, x, *, dim: int | None = None, dtype=np.float32, allow_empty: bool = True) -> np.ndarray:
     """Validate an (n, d) array of embeddings and return it C-contiguous in ``dtype``.
 
-    Rejects non-numeric dtypes, wrong rank, a dimension other than ``dim``, NaN/inf and all-zero rows
-    (which have no direction, so no cosine).
+    Rejects non-numeric dtypes, wrong rank, a dimension other than ``dim``, NaN/inf rows, rows whose norm
+    float32 cannot hold, and all-zero rows (which have no direction, so no cosine).
     """
     arr = np.asarray(x)
     if arr.dtype.kind not in "fiu":
@@ -40,15 +40,15 @@ def as_matrix(name: str, x, *, dim: int | None = None, dtype=np.float32, allow_e
     arr = np.ascontiguousarray(arr, dtype=dtype)
     squares = np.einsum("ij,ij->i", arr, arr)  # one pass: NaN, inf and all-zero rows all show here
     fine = np.isfinite(squares) & (squares > 0)
-    if not fine.all():  # look closer (a huge finite row only overflows its square)
+    if not fine.all():
         suspect = np.flatnonzero(~fine)
-        rows = arr[suspect]
-        bad = suspect[~np.isfinite(rows).all(axis=1)]
+        zero = ~arr[suspect].any(axis=1)
+        bad = suspect[~zero]
         if len(bad):
-            raise ValueError(f"{name} must be finite: rows {bad[:5].tolist()} hold NaN or inf")
-        bad = suspect[~rows.any(axis=1)]
-        if len(bad):
-            raise ValueError(f"{name} must not hold all-zero rows (no direction, no cosine): rows {bad[:5].tolist()}")
+            raise ValueError(f"{name} must be finite: rows {bad[:5].tolist()} hold NaN or inf (or have a norm "
+                             "outside float32's range)")
+        raise ValueError(f"{name} must not hold all-zero rows (no direction, no cosine): rows "
+                         f"{suspect[:5].tolist()}")
     return arr
 
 
