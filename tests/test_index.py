@@ -454,3 +454,14 @@ def test_demo_rows_show_raw_own_medium_and_calibrated_mix(cal, coco):
     assert "query: text  #0    'caption 0'" in text and "image #2 *" in text
     with pytest.raises(ValueError, match=r"query_rows must be row numbers in \[0, 500\), got \[500\]"):
         demo_rows(*coco, cal, query_rows=[500])
+
+
+@pytest.mark.parametrize("spec", ["IVF16,Flat", "PQ16np"])
+def test_an_untrained_modality_holds_nothing_to_find(cal, coco, spec):
+    text, image = coco
+    index = MixedIndex(cal, spec)
+    assert (index.search(image[:3], k=4, query_modality="image").ids == -1).all()
+    index.train(text, "text")
+    index.add(text, "text", ids=np.arange(N))
+    result = index.search(image[:20], k=5, query_modality="image", params={"nprobe": 8} if "IVF" in spec else None)
+    assert (result.modalities == "text").all() and (result.ids < N).all() and np.isfinite(result.scores).all()

@@ -119,24 +119,28 @@ class _Split:
 
     def search(self, queries, query_modality, targets, k, settings):
         """(scores, ids) of the top k per target item modality, scores calibrated; ``queries[j]`` is the
-        calibrator's query vectors for ``targets[j]``."""
-        if self.lists["text"][0] is not None:
-            return self._search_lists(queries, query_modality, targets, k, settings)
+        calibrator's query vectors for ``targets[j]``. An untrained modality holds nothing: no hits."""
+        trained = [(m, u) for m, u in zip(targets, queries) if self.is_trained(m)]
+        search = self._search_lists if self.lists["text"][0] is not None else self._search_each
+        found = dict(zip([m for m, _ in trained], search(trained, query_modality, k, settings) if trained else []))
+        nothing = (np.full((len(queries[0]), k), -np.inf, dtype=np.float32), np.full((len(queries[0]), k), -1))
+        return [found.get(m, nothing) for m in targets]
+
+    def _search_each(self, trained, query_modality, k, settings):
         parts = []
-        for m, u in zip(targets, queries):
-            u = self._padded(u)
+        for m, u in trained:
             hidden = self._hidden[m]
             params, keep = _faiss.search_parameters(self.subs[m], hidden and hidden[0], settings)
-            scores, ids = self.subs[m].search(u, k, params=params)
+            scores, ids = self.subs[m].search(self._padded(u), k, params=params)
             del keep
             parts.append((scores + np.float32(self.cal.score_offset(query_modality, m)), ids))
         return parts
 
-    def _search_lists(self, queries, query_modality, targets, k, settings):
+    def _search_lists(self, trained, query_modality, k, settings):
         """IVF: rank the lists of every target modality by calibrated reach, scan the best ``nprobe`` in all."""
-        budget = int(settings.get("nprobe", max(self.lists[m][0].nprobe for m in targets)))
+        budget = int(settings.get("nprobe", max(self.lists[m][0].nprobe for m, _ in trained)))
         probes = []
-        for m, u in zip(targets, queries):
+        for m, u in trained:
             ivf, chain = self.lists[m]
             u = _faiss.before_lists(chain, self._padded(u))
             offset = np.float32(self.cal.score_offset(query_modality, m))
@@ -154,7 +158,7 @@ class _Split:
                 for p, lo, hi in zip(probes, widths[:-1], widths[1:]):
                     p[3] = np.where(keep[:, lo:hi], p[3], -1)
         parts = []
-        for m, (u, offset, centroid_scores, lists, _) in zip(targets, probes):
+        for (m, _), (u, offset, centroid_scores, lists, _) in zip(trained, probes):
             hidden = self._hidden[m]
             scores, ids = _faiss.search_lists(self.lists[m][0], u, k, lists, centroid_scores, hidden and hidden[0])
             parts.append((scores + offset, ids))
