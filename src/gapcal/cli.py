@@ -289,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     index_sub = index.add_subparsers(dest="index_command", required=True)
     build = index_sub.add_parser("build", help="a new index from a calibrator and optional vectors")
     build.add_argument("--calibrator", required=True, help="calibrator file written by gapcal fit")
-    build.add_argument("--factory", default="Flat", help="faiss index_factory string (default Flat; e.g. HNSW32)")
+    build.add_argument("--factory", default="Flat", help="faiss index_factory string (default Flat; e.g. HNSW32, or "
+                       "IVF1024,Flat: its lists are shared out between the modalities)")
     build.add_argument("--text", help="raw text embeddings to add (.npy or .npz[:NAME])")
     build.add_argument("--image", help="raw image embeddings to add")
     build.add_argument("-o", "--output", required=True, help="index folder to write")
@@ -305,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--query-modality", required=True, choices=("text", "image"))
     search.add_argument("--item-modality", choices=("text", "image"), help="only this modality (default both)")
     search.add_argument("-k", type=int, default=10, help="results per query (default 10)")
-    search.add_argument("--nprobe", type=int, help="IVF lists to visit")
+    search.add_argument("--nprobe", type=int, help="IVF lists to visit, in total over both modalities")
     search.add_argument("--ef-search", type=int, help="HNSW search breadth")
     search.add_argument("--json", action="store_true", help="print JSON for machines")
     search.set_defaults(func=_index_search)
