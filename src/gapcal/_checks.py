@@ -18,10 +18,12 @@ def check_modality(name: str, value) -> str:
     return value
 
 
-def as_matrix(name: str, x, *, dim: int | None = None, dtype=np.float32, allow_empty: bool = True) -> np.ndarray:
+def as_matrix(name: str, x, *, dim: int | None = None, dtype=np.float32, allow_empty: bool = True,
+              check_rows: bool = True) -> np.ndarray:
     """Validate an (n, d) array of embeddings and return it C-contiguous in ``dtype``.
 
-    Rejects non-numeric dtypes, wrong rank, a dimension other than ``dim``, NaN/inf rows, rows whose norm
+    Rejects non-numeric dtypes, wrong rank, a dimension other than ``dim``, and (unless ``check_rows`` is
+    False: callers that go on to ``unit_rows`` get the same checks there) NaN/inf rows, rows whose norm
     float32 cannot hold, and all-zero rows (which have no direction, so no cosine).
     """
     arr = np.asarray(x)
@@ -38,18 +40,25 @@ def as_matrix(name: str, x, *, dim: int | None = None, dtype=np.float32, allow_e
     if arr.shape[1] == 0:
         raise ValueError(f"{name} must have at least one column, got shape {arr.shape}")
     arr = np.ascontiguousarray(arr, dtype=dtype)
-    squares = np.einsum("ij,ij->i", arr, arr)  # one pass: NaN, inf and all-zero rows all show here
-    fine = np.isfinite(squares) & (squares > 0)
-    if not fine.all():
-        suspect = np.flatnonzero(~fine)
-        zero = ~arr[suspect].any(axis=1)
-        bad = suspect[~zero]
-        if len(bad):
-            raise ValueError(f"{name} must be finite: rows {bad[:5].tolist()} hold NaN or inf (or have a norm "
-                             "outside float32's range)")
-        raise ValueError(f"{name} must not hold all-zero rows (no direction, no cosine): rows "
-                         f"{suspect[:5].tolist()}")
+    if not check_rows:
+        return arr
+    _check_norms(name, arr, np.einsum("ij,ij->i", arr, arr))
     return arr
+
+
+def _check_norms(name: str, rows: np.ndarray, squares: np.ndarray, row_offset: int = 0) -> None:
+    """Raise, naming the rows, where a squared norm is not a positive finite number: NaN or inf in the
+    row, a norm float32 cannot hold, or an all-zero row. One pass (the norms) when all is well."""
+    fine = np.isfinite(squares) & (squares > 0)
+    if fine.all():
+        return
+    suspect = np.flatnonzero(~fine)
+    bad = suspect[rows[suspect].any(axis=1)]
+    if len(bad):
+        raise ValueError(f"{name} must be finite: rows {(bad[:5] + row_offset).tolist()} hold NaN or inf (or have "
+                         "a norm outside float32's range)")
+    raise ValueError(f"{name} must not hold all-zero rows (no direction, no cosine): rows "
+                     f"{(suspect[:5] + row_offset).tolist()}")
 
 
 def unit_rows(name: str, x, row_offset: int = 0, out: np.ndarray | None = None) -> np.ndarray:
@@ -60,13 +69,9 @@ def unit_rows(name: str, x, row_offset: int = 0, out: np.ndarray | None = None) 
     is reused when given (fresh pages cost more than the arithmetic on large chunks).
     """
     rows = np.asarray(x)
-    norms = np.sqrt(np.einsum("ij,ij->i", rows, rows))
-    bad = ~(np.isfinite(norms) & (norms > 0))
-    if bad.any():
-        where = (np.flatnonzero(bad)[:5] + row_offset).tolist()
-        if not np.isfinite(rows[bad]).all():
-            raise ValueError(f"{name} must be finite: rows {where} hold NaN or inf (or overflow float32)")
-        raise ValueError(f"{name} must not hold all-zero rows (no direction, no cosine): rows {where}")
+    squares = np.einsum("ij,ij->i", rows, rows)
+    _check_norms(name, rows, squares, row_offset)
+    norms = np.sqrt(squares)
     target = np.empty(rows.shape, dtype=np.float32) if out is None else out[: len(rows)]
     np.multiply(rows, (1.0 / norms)[:, None], out=target, casting="unsafe")
     return target

