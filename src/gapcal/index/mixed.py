@@ -125,8 +125,10 @@ class _Split:
         trained = [(m, u) for m, u in zip(targets, queries) if self.is_trained(m)]
         search = self._search_lists if self.lists["text"][0] is not None else self._search_each
         found = dict(zip([m for m, _ in trained], search(trained, query_modality, k, settings) if trained else []))
-        nothing = (np.full((len(queries[0]), k), -np.inf, dtype=np.float32), np.full((len(queries[0]), k), -1))
-        return [found.get(m, nothing) for m in targets]
+        if len(found) < len(targets):
+            nothing = (np.full((len(queries[0]), k), -np.inf, dtype=np.float32), np.full((len(queries[0]), k), -1))
+            return [found.get(m, nothing) for m in targets]
+        return [found[m] for m in targets]
 
     def _search_each(self, trained, query_modality, k, settings):
         parts = []
@@ -144,23 +146,22 @@ class _Split:
         probes = []
         for m, u in trained:
             ivf, chain = self.lists[m]
-            u = _faiss.before_lists(chain, self._padded(u))
+            u = _faiss.before_lists(chain, self._padded(u)) if chain else self._padded(u)
             offset = np.float32(self.cal.score_offset(query_modality, m))
             centroid_scores, lists = ivf.quantizer.search(u, min(budget, ivf.nlist))
-            spread = np.sqrt((self.spread[m] or 0.0) / ivf.d)
-            reach = centroid_scores + offset + np.float32(_faiss.LIST_OPTIMISM * spread) * np.linalg.norm(
-                u, axis=1, keepdims=True)
-            probes.append([u, offset, centroid_scores, lists, np.where(lists >= 0, reach, -np.inf)])
-        if len(probes) > 1:  # one budget for both modalities: keep each query's best lists overall
-            reach = np.concatenate([p[4] for p in probes], axis=1)
-            if reach.shape[1] > budget:
-                cut = -np.partition(-reach, budget - 1, axis=1)[:, budget - 1:budget]
-                keep = (reach >= cut) & (np.cumsum(reach >= cut, axis=1) <= budget)  # ties: first ones win
-                widths = np.cumsum([0] + [p[3].shape[1] for p in probes])
-                for p, lo, hi in zip(probes, widths[:-1], widths[1:]):
-                    p[3] = np.where(keep[:, lo:hi], p[3], -1)
+            optimism = np.float32(_faiss.LIST_OPTIMISM * np.sqrt((self.spread[m] or 0.0) / ivf.d))
+            reach = centroid_scores + (offset + optimism * np.sqrt(np.einsum("ij,ij->i", u, u)))[:, None]
+            reach[lists < 0] = -np.inf
+            probes.append((m, u, offset, centroid_scores, lists, reach))
+        if len(probes) > 1 and sum(p[4].shape[1] for p in probes) > budget:
+            # one budget for both modalities: keep each query's best lists overall (ties: the first)
+            lists = np.concatenate([p[4] for p in probes], axis=1)
+            beyond = np.argsort(-np.concatenate([p[5] for p in probes], axis=1), axis=1, kind="stable")[:, budget:]
+            lists[np.arange(len(lists))[:, None], beyond] = -1
+            width = probes[0][4].shape[1]
+            probes = [probes[0][:4] + (lists[:, :width],), probes[1][:4] + (lists[:, width:],)]
         parts = []
-        for (m, _), (u, offset, centroid_scores, lists, _) in zip(trained, probes):
+        for m, u, offset, centroid_scores, lists, *_ in probes:
             hidden = self._hidden[m]
             scores, ids = _faiss.search_lists(self.lists[m][0], u, k, lists, centroid_scores, hidden and hidden[0])
             parts.append((scores + offset, ids))
@@ -448,8 +449,8 @@ class MixedIndex:
                              f"{self._fingerprint} -> {self._cal.fingerprint_}), so the stored vectors no longer "
                              "match it: build a new index with the refitted calibrator")
 
-    def _vectors(self, name, vectors, allow_empty=True):
-        return as_matrix(name, vectors, dim=self._cal.dim_, allow_empty=allow_empty)
+    def _vectors(self, name, vectors, allow_empty=True, check_rows=True):
+        return as_matrix(name, vectors, dim=self._cal.dim_, allow_empty=allow_empty, check_rows=check_rows)
 
     # ------------------------------------------------------------------ changes
     def train(self, vectors, modality) -> None:
@@ -546,7 +547,7 @@ class MixedIndex:
         check_modality("query_modality", query_modality)
         targets = MODALITIES if item_modality is None else (check_modality("item_modality", item_modality),)
         k = check_k(k)
-        q = self._vectors("queries", queries, allow_empty=False)
+        q = self._vectors("queries", queries, allow_empty=False, check_rows=False)  # transform_queries checks rows
         settings = self._check_settings(params)
         with self._lock.read():
             self._check_calibrator_unchanged()
