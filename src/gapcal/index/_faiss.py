@@ -139,6 +139,7 @@ def search_lists(ivf, x, k, lists, centroid_scores, sel=None):
     else:
         params = faiss.SearchParametersIVF()
         params.nprobe, params.max_codes, params.sel = lists.shape[1], ivf.max_codes, sel
+    x = np.ascontiguousarray(x, dtype=np.float32)  # faiss reads the raw buffer
     n = len(x)
     scores = np.empty((n, k), dtype=np.float32)
     ids = np.empty((n, k), dtype=np.int64)
