@@ -303,6 +303,8 @@ def test_bad_search_names_the_problem(store, coco, kwargs, error, match):
     (np.zeros((0, 512)), r"queries must hold at least one row, got shape \(0, 512\)"),
     (np.ones((2, 500)), r"queries must have dimension d=512 .* got shape \(2, 500\)"),
     (np.ones(512), r"queries must be a 2-D array"),
+    (np.vstack([np.ones((1, 512)), np.full((1, 512), np.nan)]), r"queries must be finite: rows \[1\] hold NaN"),
+    (np.vstack([np.zeros((1, 512)), np.ones((1, 512))]), r"queries must not hold all-zero rows .*: rows \[0\]"),
 ])
 def test_bad_queries_name_the_problem(store, queries, match):
     with pytest.raises(ValueError, match=match):

@@ -146,7 +146,7 @@ class _Split:
         probes = []
         for m, u in trained:
             ivf, chain = self.lists[m]
-            u = _faiss.before_lists(chain, self._padded(u)) if chain else self._padded(u)
+            u = _faiss.before_lists(chain, self._padded(u))
             offset = np.float32(self.cal.score_offset(query_modality, m))
             centroid_scores, lists = ivf.quantizer.search(u, min(budget, ivf.nlist))
             optimism = np.float32(_faiss.LIST_OPTIMISM * np.sqrt((self.spread[m] or 0.0) / ivf.d))

@@ -401,7 +401,8 @@ class MilvusStore:
         names = [] if output_fields is None else output_fields
         if isinstance(names, str) or not isinstance(names, Sequence) or not all(isinstance(f, str) for f in names):
             raise TypeError(f"output_fields must be a list of payload field names, got {output_fields!r}")
-        q = as_matrix("queries", queries, dim=self._cal.dim_, allow_empty=False)
+        # rows (NaN, inf, all-zero) are checked once, by transform_queries
+        q = as_matrix("queries", queries, dim=self._cal.dim_, allow_empty=False, check_rows=False)
         self._check_calibrator_unchanged()
         settings = {"metric_type": "IP", "params": dict(search_params)}
         queries_by_target = self._cal.transform_queries(q, query_modality, targets)
