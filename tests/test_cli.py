@@ -17,7 +17,7 @@ def test_demo_runs_on_bundled_data():
     out = run("demo")
     assert out.returncode == 0, out.stderr
     assert "GapCalibrator fitted on 500 pairs" in out.stdout
-    for row in ("raw cosine", "GR-CLIP", "I0T", "gapcal + ridge"):
+    for row in ("raw cosine", "GR-CLIP", "per-type z", "gapcal", "NDCG@10 text", "mixed R@1"):
         assert row in out.stdout
     assert "3. One FAISS MixedIndex" in out.stdout and out.stdout.count("query: ") == 6
     assert "image #1 *" in out.stdout  # a caption's own image ranked among mixed results
@@ -72,6 +72,22 @@ def test_fit_eval_report_end_to_end(pairs, tmp_path):
         assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_fit_and_eval_with_groups(pairs, tmp_path):
+    """Captions of one image: pairs 2k and 2k+1 share a group (a text file, one label a line)."""
+    labels = tmp_path / "groups.txt"
+    labels.write_text("\n".join(f"g{k // 2}" for k in range(500)) + "\n")
+    cal = tmp_path / "cal.npz"
+    out = run("fit", "--text", str(pairs / "text.npy"), "--image", str(pairs / "image.npy"), "--groups", str(labels),
+              "-o", str(cal))
+    assert out.returncode == 0, out.stderr
+    assert "500 pairs labelled in 250 groups" in out.stdout and "NDCG@10" in out.stdout
+    np.save(tmp_path / "groups.npy", np.arange(500) // 2)
+    out = run("eval", "--text", str(pairs / "text.npy"), "--image", str(pairs / "image.npy"), "--groups",
+              str(tmp_path / "groups.npy"), "--calibrator", str(cal))
+    assert out.returncode == 0, out.stderr
+    assert "NDCG@10 text" in out.stdout and "mixed R@1" not in out.stdout and "Groups:" in out.stdout
+
+
 @pytest.mark.parametrize("args, message", [
     (["fit", "--text", "missing.npy", "--image", "missing.npy", "-o", "c.npz"], "--text: no such file: missing.npy"),
     (["eval", "--text", "{p}/pairs.npz:nope", "--image", "{p}/image.npy"], "has no array 'nope'"),
@@ -80,12 +96,17 @@ def test_fit_eval_report_end_to_end(pairs, tmp_path):
     (["eval", "--text", "{p}/text.npy", "--image", "{p}/image.npy", "--calibrator", "{p}/text.npy"], "not a gapcal calibrator"),
     (["fit", "--text", "{p}/vector.npy", "--image", "{p}/image.npy", "-o", "{t}/c.npz"], r"expected a 2-D array \(n, d\), got shape \(512,\)"),
     (["fit", "--text", "{p}/garbage.npy", "--image", "{p}/image.npy", "-o", "{t}/c.npz"], r"--text: .*garbage.npy is not a readable .npy/.npz file"),
+    (["fit", "--text", "{p}/text.npy", "--image", "{p}/image.npy", "--groups", "{p}/few.txt", "-o", "{t}/c.npz"],
+     r"--groups: expected one label per pair \(500\), got shape \(3,\)"),
+    (["eval", "--text", "{p}/text.npy", "--image", "{p}/short.npy"], r"same number of rows .* got 500 and 10"),
+    (["eval", "--text", "{p}/text.npy", "--image", "{p}/image.npy", "--groups", "{p}/none.npy"], "--groups: no such file"),
 ])
 def test_user_errors_are_one_line(pairs, tmp_path, args, message):
     np.save(pairs / "short.npy", np.load(pairs / "image.npy")[:10])
     np.save(pairs / "vector.npy", np.ones(512, dtype=np.float32))
     np.savez(pairs / "two.npz", a=np.ones((2, 2)), b=np.ones((2, 2)))
     (pairs / "garbage.npy").write_bytes(b"not numpy")
+    (pairs / "few.txt").write_text("a\nb\nc\n")
     out = run(*[a.format(p=pairs, t=tmp_path) for a in args])
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()

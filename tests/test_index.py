@@ -1,6 +1,7 @@
 """MixedIndex on the real COCO-500 CLIP embeddings: exactness, recall, ids, removal, threads, bad input."""
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import faiss
@@ -24,8 +25,11 @@ def brute_force(cal, queries, query_modality, items):
     return scores, ids
 
 
-def assert_ranked_like(result, scores, ids, k, tol=1e-5):
-    """Same ranking as sorting ``scores`` (ids may only differ between items tied within ``tol``)."""
+def assert_ranked_like(result, scores, ids, k, tol=1e-4):
+    """Same ranking as sorting ``scores`` (ids may only differ between items tied within ``tol``).
+
+    Scores are score maps of float32 inner products; in the far tail a map is steep (about 100 per unit of
+    cosine), so last-bit differences between faiss's and numpy's sums reach 1e-5."""
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     want_ids, want_scores = ids[order], np.take_along_axis(scores, order, 1)
     np.testing.assert_allclose(result.scores, want_scores, atol=tol, rtol=0)
@@ -230,7 +234,8 @@ def test_ivf_lists_scan_as_faiss_scans_them(cal, coco, spec):
         u = cal.transform_query(image[:30], "image", m)
         scores, ids = sub.search(np.pad(u, ((0, 0), (0, sub.d - u.shape[1]))), 10)  # zero columns up to its width
         np.testing.assert_array_equal(result.ids, ids)
-        np.testing.assert_allclose(result.scores, scores + cal.score_offset("image", m), atol=1e-5)
+        np.testing.assert_allclose(result.scores, cal.map_scores(scores, query_modality="image", item_modality=m),
+                                   atol=1e-4)
 
 
 def test_trained_ivf_template_keeps_its_lists(cal, coco):
@@ -300,7 +305,10 @@ def test_adds_and_removes_are_atomic_for_concurrent_searches(cal, coco):
 
     def writer():
         try:
-            for _ in range(15):
+            for i in range(15):
+                deadline = time.monotonic() + 5
+                while len(seen) <= i and time.monotonic() < deadline:  # let searches in between the changes
+                    time.sleep(0.001)
                 index.remove(extra_ids)
                 index.add(extra, "text", ids=extra_ids)
         finally:

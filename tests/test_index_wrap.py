@@ -60,7 +60,7 @@ def test_wrapped_scores_are_exact_and_recall_is_measured(cal, coco, query_modali
     want_ids, _, scores, ids = truth(cal, coco, queries, query_modality)
     column = {int(item): j for j, item in enumerate(ids)}
     exact = np.take_along_axis(scores, np.vectorize(column.get)(result.ids), 1)
-    np.testing.assert_allclose(result.scores, exact, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(result.scores, exact, atol=1e-4, rtol=0)
     assert (np.diff(result.scores, axis=1) <= 0).all()
     np.testing.assert_array_equal(result.modalities, np.where(np.isin(result.ids, TEXT_IDS), "text", "image"))
     # measured on COCO-500 with the default calibrator (hubness on): 0.9518/0.9580 with 1 candidate per
@@ -77,7 +77,7 @@ def test_wrap_is_exact_when_every_stage_is_linear(coco):
     for m, queries in zip(("text", "image"), (coco[0][:60], coco[1][:60])):
         want_ids, want_scores, _, _ = truth(cal, coco, queries, m, k=2 * N)
         result = index.search(queries, k=2 * N, query_modality=m)
-        np.testing.assert_allclose(result.scores, want_scores, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(result.scores, want_scores, atol=1e-4, rtol=0)
         differ = result.ids != want_ids
         assert np.all(np.abs(want_scores[differ] - result.scores[differ]) < 1e-5)  # only ties swap
 

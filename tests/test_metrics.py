@@ -111,3 +111,95 @@ def test_bad_inputs(coco):
     blocks = random_blocks(5, seed=0)
     with pytest.raises(ValueError, match="no near-duplicate pairs found"):
         metrics.duplicate_parity(blocks, text[:5], image[:5], quantile=1.0)
+
+
+# ---------------------------------------------------------------- balanced relevance (groups)
+def grouped_set(seed):
+    """12 pairs: images 0-3 each with three captions; groups join images 2 and 3 (a product in two colours)."""
+    rng = np.random.default_rng(seed)
+    image = np.repeat(rng.standard_normal((4, 6)), 3, axis=0)
+    text = rng.standard_normal((12, 6))
+    groups = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 2, 2])
+    return text, image, groups
+
+
+def test_relevance_pool_dedupes_rows_and_joins_groups():
+    text, image, groups = grouped_set(0)
+    pool = metrics.relevance_pool(text, image, groups)
+    assert pool.text.shape == (12, 6) and pool.image.shape == (4, 6)
+    np.testing.assert_array_equal(pool.pair_image, np.repeat(np.arange(4), 3))
+    assert len(set(pool.image_group[2:])) == 1 and len(set(pool.image_group)) == 3
+    alone = metrics.relevance_pool(text, image)  # without labels: each image with its captions
+    assert len(set(alone.image_group)) == 4
+    with pytest.raises(ValueError, match=r"groups must be a 1-D array with one label per pair, got shape \(12, 1\)"):
+        metrics.relevance_pool(text, image, groups[:, None])
+    with pytest.raises(TypeError, match="groups must hold integer or string labels, got dtype float64"):
+        metrics.relevance_pool(text, image, groups * 1.0)
+
+
+def reference_balanced(blocks, pool, k=10):
+    """Loop version: each item queries all others; NDCG@k, own@1/@5 per query modality, pooled AUC."""
+    nt, ni = len(pool.text_group), len(pool.image_group)
+    items = [("text", j) for j in range(nt)] + [("image", j) for j in range(ni)]
+    group = {("text", j): pool.text_group[j] for j in range(nt)} | {("image", j): pool.image_group[j] for j in range(ni)}
+    own = {("text", t): {("image", i) for t2, i in zip(pool.pair_text, pool.pair_image) if t2 == t} for t in range(nt)}
+    own |= {("image", i): {("text", t) for t, i2 in zip(pool.pair_text, pool.pair_image) if i2 == i} for i in range(ni)}
+    block = {("text", "text"): blocks.tt, ("text", "image"): blocks.ti, ("image", "text"): blocks.it,
+             ("image", "image"): blocks.ii}
+    out = {}
+    for m in ("text", "image"):
+        ndcg, own1, own5 = [], [], []
+        for q in [x for x in items if x[0] == m]:
+            ranked = sorted((x for x in items if x != q), key=lambda x: -block[(m, x[0])][q[1], x[1]])
+            rel = [group[x] == group[q] for x in ranked]
+            dcg = sum(r / np.log2(r_ + 2) for r_, r in enumerate(rel[:k]))
+            ideal = sum(1 / np.log2(r_ + 2) for r_ in range(min(k, sum(rel))))
+            if sum(rel):
+                ndcg.append(dcg / ideal)
+            own1.append(bool(set(ranked[:1]) & own[q]))
+            own5.append(bool(set(ranked[:5]) & own[q]))
+        out[f"{m} NDCG@{k}"], out[f"{m} own@1"], out[f"{m} own@5"] = np.mean(ndcg), np.mean(own1), np.mean(own5)
+    pos, neg = [], []
+    for q in items:
+        for x in items:
+            if x != q:
+                (pos if group[x] == group[q] else neg).append(block[(q[0], x[0])][q[1], x[1]])
+    out["AUC"] = np.mean([(p > n) + 0.5 * (p == n) for p in pos for n in neg])
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_balanced_relevance_matches_a_loop_reference(seed):
+    text, image, groups = grouped_set(seed)
+    pool = metrics.relevance_pool(text, image, groups)
+    rng = np.random.default_rng(seed + 10)
+    nt, ni = len(pool.text), len(pool.image)
+    blocks = ScoreBlocks(rng.standard_normal((nt, nt)), rng.standard_normal((nt, ni)),
+                         rng.standard_normal((ni, nt)), rng.standard_normal((ni, ni)))
+    got = metrics.balanced_relevance(blocks, pool, k=4)
+    want = reference_balanced(blocks, pool, k=4)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value), key
+
+
+def test_medium_bias_is_zero_when_the_medium_does_not_decide_and_half_for_raw_clip(coco):
+    from gapcal.baselines import RawCosine
+
+    text, image = (x[:150] for x in coco)
+    pool = metrics.relevance_pool(text, image)
+    raw = metrics.per_query(metrics.pool_blocks(RawCosine().fit(text, image), pool), pool)
+    assert raw["text"]["medium bias"].mean() == pytest.approx(0.5, abs=0.01)  # only captions among unrelated tops
+    rng = np.random.default_rng(0)
+    noise = ScoreBlocks(*(rng.standard_normal((150, 150)) for _ in range(4)))  # one distribution for every type
+    fair = metrics.per_query(noise, pool)
+    assert abs(fair["text"]["medium bias"].mean()) < 0.05 and abs(fair["image"]["medium bias"].mean()) < 0.05
+
+
+def test_score_distributions_split_relevant_from_unrelated():
+    text, image, groups = grouped_set(2)
+    pool = metrics.relevance_pool(text, image, groups)
+    blocks = ScoreBlocks(*(np.arange(a * b, dtype=float).reshape(a, b) for a, b in ((12, 12), (12, 4), (4, 12), (4, 4))))
+    dist = metrics.score_distributions(blocks, pool)
+    assert len(dist["text-text"]["positive"]) == 3 * 2 + 3 * 2 + 6 * 5  # siblings, never an item with itself
+    assert len(dist["image-image"]["positive"]) == 2 and len(dist["image-image"]["null"]) == 10
+    assert len(dist["text-image"]["positive"]) + len(dist["text-image"]["null"]) == 48

@@ -15,7 +15,7 @@ from gapcal.index import SearchResult
 from gapcal.stores import MilvusStore, StoreResult
 
 N = 500
-TOL = 1e-5
+TOL = 1e-4  # score maps are steep in the far tail: float32 sums of faiss, Milvus and numpy differ there
 
 
 @pytest.fixture(scope="module")

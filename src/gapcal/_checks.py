@@ -18,17 +18,23 @@ def check_modality(name: str, value) -> str:
     return value
 
 
+def check_numeric(name: str, arr: np.ndarray) -> None:
+    """Real numbers only: floats, signed or unsigned integers (booleans and complex numbers say nothing
+    about direction in the way embeddings do)."""
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be a real numeric array of shape (n, d) (floats or integers), got dtype {arr.dtype}")
+
+
 def as_matrix(name: str, x, *, dim: int | None = None, dtype=np.float32, allow_empty: bool = True,
               check_rows: bool = True) -> np.ndarray:
-    """Validate an (n, d) array of embeddings and return it C-contiguous in ``dtype``.
+    """Validate an (n, d) array of embeddings and return it C-contiguous in ``dtype`` (``None``: as given).
 
     Rejects non-numeric dtypes, wrong rank, a dimension other than ``dim``, and (unless ``check_rows`` is
     False: callers that go on to ``unit_rows`` get the same checks there) NaN/inf rows, rows whose norm
     float32 cannot hold, and all-zero rows (which have no direction, so no cosine).
     """
     arr = np.asarray(x)
-    if arr.dtype.kind not in "fiu":
-        raise TypeError(f"{name} must be a numeric array of shape (n, d), got dtype {arr.dtype}")
+    check_numeric(name, arr)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array of shape (n, d), got shape {arr.shape}")
     if dim is not None and arr.shape[1] != dim:
@@ -36,9 +42,11 @@ def as_matrix(name: str, x, *, dim: int | None = None, dtype=np.float32, allow_e
     if arr.shape[0] == 0:
         if not allow_empty:
             raise ValueError(f"{name} must hold at least one row, got shape {arr.shape}")
-        return np.ascontiguousarray(arr, dtype=dtype)
+        return arr if dtype is None else np.ascontiguousarray(arr, dtype=dtype)
     if arr.shape[1] == 0:
         raise ValueError(f"{name} must have at least one column, got shape {arr.shape}")
+    if dtype is None:
+        return arr
     arr = np.ascontiguousarray(arr, dtype=dtype)
     if not check_rows:
         return arr
@@ -62,18 +70,41 @@ def _check_norms(name: str, rows: np.ndarray, squares: np.ndarray, row_offset: i
 
 
 def unit_rows(name: str, x, row_offset: int = 0, out: np.ndarray | None = None) -> np.ndarray:
-    """A C-contiguous float32 copy of the (n, d) rows of ``x`` scaled to unit length.
+    """A C-contiguous float32 copy of the (n, d) rows of ``x`` scaled to unit length, for any real dtype.
 
-    One pass finds the norms; only when one is zero or not finite is the chunk checked in detail, so the
-    error can name the rows (counted from ``row_offset``). ``out``, a float32 buffer of at least n rows,
-    is reused when given (fresh pages cost more than the arithmetic on large chunks).
+    float64 rows are scaled in float64, so directions of rows too large or too small for float32 survive;
+    float16 and integer rows are converted to float32 first, so they never overflow. One pass finds the
+    norms; a row whose norm is zero or not finite is redone on its largest entry's scale before an error
+    names it (rows counted from ``row_offset``). ``out``, a float32 buffer of at least n rows, is reused
+    when given (fresh pages cost more than the arithmetic on large chunks).
     """
     rows = np.asarray(x)
-    squares = np.einsum("ij,ij->i", rows, rows)
-    _check_norms(name, rows, squares, row_offset)
-    norms = np.sqrt(squares)
+    check_numeric(name, rows)
     target = np.empty(rows.shape, dtype=np.float32) if out is None else out[: len(rows)]
-    np.multiply(rows, (1.0 / norms)[:, None], out=target, casting="unsafe")
+    if rows.dtype.kind == "f" and rows.dtype.itemsize > 8:
+        rows = rows.astype(np.float64)  # long double: float64 keeps every direction BLAS can handle
+    elif rows.dtype.kind != "f" or rows.dtype.itemsize < 4:
+        np.copyto(target, rows, casting="unsafe")
+        rows = target
+    squares = np.einsum("ij,ij->i", rows, rows)
+    fine = np.isfinite(squares) & (squares > 0)
+    if fine.all():
+        np.multiply(rows, (1.0 / np.sqrt(squares))[:, None], out=target, casting="unsafe")
+        return target
+    redo = np.flatnonzero(~fine)
+    wide = rows[redo].astype(np.float64)
+    peak = np.abs(wide).max(axis=1)
+    nonfinite = ~np.isfinite(wide).all(axis=1)
+    if nonfinite.any():
+        raise ValueError(f"{name} must be finite: rows {(redo[nonfinite][:5] + row_offset).tolist()} hold NaN or inf")
+    if (peak == 0).any():
+        raise ValueError(f"{name} must not hold all-zero rows (no direction, no cosine): rows "
+                         f"{(redo[peak == 0][:5] + row_offset).tolist()}")
+    wide /= peak[:, None]
+    wide /= np.sqrt(np.einsum("ij,ij->i", wide, wide))[:, None]
+    scale = np.where(fine, 1.0 / np.sqrt(np.where(fine, squares, 1.0)), 0.0)
+    np.multiply(rows, scale[:, None], out=target, casting="unsafe")
+    target[redo] = wide
     return target
 
 
@@ -82,3 +113,18 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     norms = np.sqrt(np.einsum("ij,ij->i", x, x))
     x /= norms[:, None]
     return x
+
+
+def check_groups(groups, n: int) -> np.ndarray | None:
+    """None, or ``groups`` (one integer or string label per pair) as int64 codes 0..g-1 in first-seen order."""
+    if groups is None:
+        return None
+    arr = np.asarray(groups)
+    if arr.ndim != 1:
+        raise ValueError(f"groups must be a 1-D array with one label per pair, got shape {arr.shape}")
+    if len(arr) != n:
+        raise ValueError(f"groups must hold one label per pair ({n} pairs), got {len(arr)} labels")
+    if arr.dtype.kind not in "iuUS":
+        raise TypeError(f"groups must hold integer or string labels, got dtype {arr.dtype}")
+    _, first, codes = np.unique(arr, return_index=True, return_inverse=True)
+    return np.argsort(np.argsort(first))[codes.ravel()].astype(np.int64)

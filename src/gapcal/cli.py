@@ -39,10 +39,40 @@ def load_array(spec: str, role: str) -> np.ndarray:
     return data
 
 
+def load_groups(spec: str | None, n: int):
+    """None, or one group label per pair from ``file.npy`` (a 1-D array) or a text file (one label a line)."""
+    if spec is None:
+        return None
+    file = Path(spec)
+    if not file.is_file():
+        raise UserError(f"--groups: no such file: {spec}")
+    if file.suffix == ".npy":
+        try:
+            labels = np.load(file, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise UserError(f"--groups: {spec} is not a readable .npy file ({exc})") from None
+    else:
+        try:
+            labels = np.array(file.read_text(encoding="utf-8").splitlines())
+        except UnicodeDecodeError as exc:
+            raise UserError(f"--groups: {spec} is not UTF-8 text with one label per line ({exc})") from None
+    if labels.ndim != 1 or len(labels) != n:
+        raise UserError(f"--groups: expected one label per pair ({n}), got shape {labels.shape} from {spec}")
+    return labels
+
+
+def _pairs(args):
+    text, image = load_array(args.text, "text"), load_array(args.image, "image")
+    if len(text) != len(image):
+        raise UserError(f"--text and --image must hold the same number of rows (row i of each is a pair), "
+                        f"got {len(text)} and {len(image)}")
+    return text, image, load_groups(getattr(args, "groups", None), len(text))
+
+
 def _calibrator_options(args) -> dict:
     shift = {"auto": "auto", "on": True, "off": False}[args.mean_shift]
     return {"mean_shift": shift, "projection": args.projection, "hubness": not args.no_hubness,
-            "score_norm": not args.no_score_norm}
+            "score_norm": args.score}
 
 
 def _load_calibrator(path):
@@ -54,7 +84,7 @@ def _load_calibrator(path):
 def _demo(args) -> int:
     from .calibration import GapCalibrator
     from .data import load_coco500
-    from .evaluation import cross_fit, format_table
+    from .evaluation import cross_fit, default_methods, format_table
 
     text, image = load_coco500()
     print("gapcal demo: 500 MSCOCO val2017 image-caption pairs embedded with OpenAI CLIP ViT-B/16")
@@ -63,10 +93,12 @@ def _demo(args) -> int:
     print(GapCalibrator().fit(text, image).summary())
     print(f"\n2. Mixed-pool retrieval, 2-fold cross-fit (seed {args.seed}): every held-out item queries all other")
     print("   items of both modalities; its pair is the one relevant item.\n")
-    print(format_table(cross_fit(text, image, seed=args.seed)))
-    print("\nown-medium@10: share of the query's own modality in its top 10 (raw CLIP: 1.0).")
-    print("dup parity: how often a near-duplicate of the query's own modality outranks the same pair's other-")
-    print("modality item (0.5 = the medium does not decide; 1.0 = own medium always first).")
+    methods = [m for m in default_methods() if m[0] in ("raw cosine", "GR-CLIP", "per-type z", "gapcal")]
+    print(format_table(cross_fit(text, image, methods, seed=args.seed)))
+    print("\nown@k: the query's own pair is in its top k. bias: the share of the query's own modality among its")
+    print("top 10 unrelated items minus its share among all of them (0: the medium does not decide; raw CLIP +0.5).")
+    print("own-medium@10: share of the query's own modality in its top 10 (raw CLIP: 1.0). dup parity: how often a")
+    print("near-duplicate of the query's own modality outranks the same pair's other-modality item (0.5 = fair).")
     try:
         from .index import demo_rows, format_demo_rows
     except ImportError:
@@ -199,8 +231,8 @@ def _index_search(args) -> int:
 def _fit(args) -> int:
     from .calibration import GapCalibrator
 
-    text, image = load_array(args.text, "text"), load_array(args.image, "image")
-    cal = GapCalibrator(**_calibrator_options(args)).fit(text, image)
+    text, image, groups = _pairs(args)
+    cal = GapCalibrator(**_calibrator_options(args)).fit(text, image, groups=groups)
     cal.save(args.output)
     print(cal.summary())
     print(f"saved to {args.output} (fingerprint {cal.fingerprint_})")
@@ -209,18 +241,22 @@ def _fit(args) -> int:
 
 def _eval(args) -> int:
     from .baselines import RawCosine
-    from .evaluation import cross_fit, evaluate, format_table
+    from .evaluation import cross_fit, default_methods, evaluate, format_table
 
-    text, image = load_array(args.text, "text"), load_array(args.image, "image")
+    text, image, groups = _pairs(args)
     cal = _load_calibrator(args.calibrator)
     if cal is None:
-        print("2-fold cross-fit on these pairs (fit on one half, evaluate on the other, swap, average):\n")
-        rows = cross_fit(text, image, seed=args.seed)
+        print("2-fold cross-fit on these pairs, split by group (fit on one half, evaluate on the other, swap, "
+              "average):\n")
+        methods = [m for m in default_methods() if m[0] in ("raw cosine", "GR-CLIP", "per-type z", "gapcal")]
+        rows = cross_fit(text, image, methods, groups=groups, seed=args.seed)
     else:
         print(f"{args.calibrator} evaluated on these {len(text)} pairs:\n")
-        rows = [("raw cosine", evaluate(RawCosine().fit(text, image), text, image)),
-                ("gapcal (given calibrator)", evaluate(cal, text, image))]
+        rows = [("raw cosine", evaluate(RawCosine().fit(text, image), text, image, groups)),
+                ("gapcal (given calibrator)", evaluate(cal, text, image, groups))]
     print(format_table(rows))
+    if groups is not None:
+        print("\nGroups: each item's group (its pair and siblings of both modalities) is relevant to it.")
     return 0
 
 
@@ -229,15 +265,19 @@ def _report(args) -> int:
         from .report import write_report
     except ImportError as exc:
         raise UserError(str(exc)) from None
-    text, image = load_array(args.text, "text"), load_array(args.image, "image")
-    page = write_report(text, image, args.output, _load_calibrator(args.calibrator), map_method=args.map)
+    text, image, groups = _pairs(args)
+    page = write_report(text, image, args.output, _load_calibrator(args.calibrator), map_method=args.map,
+                        groups=groups)
     print(f"wrote {page} with histograms.png and map.png")
     return 0
 
 
-def _add_pairs(parser):
+def _add_pairs(parser, groups=True):
     parser.add_argument("--text", required=True, help="text embeddings: .npy, or .npz[:NAME]")
     parser.add_argument("--image", required=True, help="image embeddings (row i pairs with text row i)")
+    if groups:
+        parser.add_argument("--groups", help="one group label per pair (.npy, or a text file with one label a line): "
+                            "pairs of one group (an image's captions, a product's colours) are relevant to each other")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -268,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--mean-shift", choices=("auto", "on", "off"), default="auto")
     fit.add_argument("--projection", choices=("auto", "none", "ridge", "procrustes"), default="auto")
     fit.add_argument("--no-hubness", action="store_true", help="switch the hubness correction off")
-    fit.add_argument("--no-score-norm", action="store_true", help="switch the per-pair-type z-score off")
+    fit.add_argument("--score", choices=("relevance", "pvalue", "tail", "zscore", "none"), default="relevance",
+                     help="per pair type score map (default relevance: log-likelihood ratio of relevance)")
     fit.set_defaults(func=_fit)
 
     ev = sub.add_parser("eval", help="gap and mixed-pool retrieval metrics of paired embeddings")

@@ -170,3 +170,167 @@ def duplicate_parity(blocks: ScoreBlocks, text, image, quantile: float = 0.99) -
     if len(wins) == 0:
         raise ValueError("no near-duplicate pairs found: lower quantile or use more pairs")
     return float(wins.mean())
+
+
+# ---------------------------------------------------------------- balanced relevance (groups)
+class RelevancePool(NamedTuple):
+    """Distinct items of an evaluation set and which of them are relevant to each other.
+
+    ``text`` (nt, d) and ``image`` (ni, d) hold each distinct row once (an image paired with five captions
+    is one item); ``text_group`` / ``image_group`` number the group of each item: items of one group are
+    relevant to each other, whatever their modality. ``pair_text[j]`` / ``pair_image[j]`` are the items of
+    input pair j (its "own pair": a caption's image, an image's captions).
+    """
+
+    text: np.ndarray
+    image: np.ndarray
+    text_group: np.ndarray
+    image_group: np.ndarray
+    pair_text: np.ndarray
+    pair_image: np.ndarray
+
+
+def relevance_pool(text, image, groups=None) -> RelevancePool:
+    """The items of n pairs and their groups: pairs sharing a row (exactly) or a ``groups`` label join.
+
+    ``groups``: None or one label per pair (e.g. a product id: its photos and titles of every colour are
+    relevant to each other). Without it, a group is an item and everything paired with it.
+    """
+    from ._checks import check_groups
+    from ._groups import distinct_items, label_edges, pair_components, row_ids
+
+    t, i = _check_pairs(text, image)
+    labels = check_groups(groups, len(t))
+    tid, iid = row_ids(t), row_ids(i)
+    group = pair_components(tid, iid, *([] if labels is None else [label_edges(labels)]))
+    return pool_of(t, i, tid, iid, group)
+
+
+def pool_of(text, image, text_ids, image_ids, group) -> RelevancePool:
+    """The pool of pairs whose rows already carry exact-duplicate ids and a group id per pair."""
+    from ._groups import distinct_items
+
+    t_first, pair_text, i_first, pair_image = distinct_items(text_ids, image_ids)
+    return RelevancePool(text[t_first], image[i_first], group[t_first], group[i_first], pair_text, pair_image)
+
+
+def pool_blocks(scorer, pool: RelevancePool) -> ScoreBlocks:
+    """``score_blocks`` over the distinct items of a pool."""
+    return score_blocks(scorer, pool.text, pool.image) if len(pool.text) == len(pool.image) else ScoreBlocks(
+        *(np.asarray(scorer.similarity(q, x, query_modality=a, item_modality=b), dtype=np.float64)
+          for a, q, b, x in (("text", pool.text, "text", pool.text), ("text", pool.text, "image", pool.image),
+                             ("image", pool.image, "text", pool.text), ("image", pool.image, "image", pool.image))))
+
+
+def _query_views(blocks: ScoreBlocks, pool: RelevancePool):
+    """Per query modality: (scores over the mixed pool with the query itself at -inf, relevance, own pair)."""
+    nt, ni = len(pool.text_group), len(pool.image_group)
+    groups = np.concatenate([pool.text_group, pool.image_group])
+    own = np.zeros((nt + ni, nt + ni), dtype=bool)
+    own[pool.pair_text, nt + pool.pair_image] = True
+    own[nt + pool.pair_image, pool.pair_text] = True
+    views = {}
+    for name, rows, same, cross in (("text", slice(0, nt), blocks.tt, blocks.ti),
+                                    ("image", slice(nt, nt + ni), blocks.ii, blocks.it)):
+        scores = np.concatenate([same, cross] if name == "text" else [cross, same], axis=1)
+        relevant = groups[rows][:, None] == groups[None, :]
+        self_col = np.arange(rows.start, rows.stop)
+        scores[np.arange(len(scores)), self_col] = -np.inf
+        relevant[np.arange(len(scores)), self_col] = False
+        views[name] = (scores, relevant, own[rows])
+    return views
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of each row's k best scores, best first (ties: lower column first)."""
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.lexsort((part, -np.take_along_axis(scores, part, 1)), axis=1)
+    return np.take_along_axis(part, order, 1)
+
+
+def per_query(blocks: ScoreBlocks, pool: RelevancePool, k: int = 10, own_ks=(1, 5)) -> dict[str, dict]:
+    """Per query modality, one value per query (each distinct item queries all others of both modalities):
+
+    ``NDCG@k`` (binary relevance: the query's group; NaN for a query with no relevant item), ``own@k`` (an
+    item it was paired with is in the top k), ``RR`` (1 / rank of its first paired item), and ``medium
+    bias``: the share of the query's own modality among its top k *unrelated* items minus that share among
+    all its unrelated candidates (0: the medium does not decide which unrelated items come first).
+    """
+    out = {}
+    discount = 1.0 / np.log2(np.arange(2, k + 2))
+    nt = len(pool.text_group)
+    for name, (scores, relevant, own) in _query_views(blocks, pool).items():
+        n_items = scores.shape[1]
+        kk = min(k, n_items)
+        top = _top(scores, max(kk, *own_ks))
+        hits = np.take_along_axis(relevant, top[:, :kk], 1)
+        count = relevant.sum(1)
+        ideal = np.cumsum(discount)[np.maximum(np.minimum(count, kk), 1) - 1]
+        ndcg = np.where(count > 0, (hits * discount[:kk]).sum(1) / ideal, np.nan)
+        row = {f"NDCG@{k}": ndcg}
+        for kown in own_ks:
+            row[f"own@{kown}"] = np.take_along_axis(own, top[:, :kown], 1).any(axis=1).astype(np.float64)
+        own_scores = np.where(own, scores, -np.inf).max(axis=1)
+        row["RR"] = np.where(own.any(axis=1), 1.0 / (1 + (scores > own_scores[:, None]).sum(1)), np.nan)
+        unrelated = ~relevant & np.isfinite(scores)
+        same_medium = np.zeros(n_items, dtype=bool)
+        same_medium[:nt] = name == "text"
+        same_medium[nt:] = name == "image"
+        null_top = _top(np.where(unrelated, scores, -np.inf), kk)
+        share = same_medium[null_top].mean(axis=1)
+        row["medium bias"] = share - (unrelated & same_medium).sum(1) / np.maximum(unrelated.sum(1), 1)
+        out[name] = row
+    return out
+
+
+def balanced_relevance(blocks: ScoreBlocks, pool: RelevancePool, k: int = 10, own_ks=(1, 5)) -> dict[str, float]:
+    """Mixed-pool quality when items of both modalities are relevant (the group's other items).
+
+    Every distinct item queries all others of both modalities. Per query modality: NDCG@k with binary
+    relevance (queries with no relevant item are skipped) and own-pair@k (one of the items it was paired
+    with is in the top k). ``AUC``: pooled over all four pair types, P(a same-group pair outscores a pair
+    from different groups), ties half.
+    """
+    out = {}
+    for name, row in per_query(blocks, pool, k, own_ks).items():
+        out[f"{name} NDCG@{k}"] = float(np.nanmean(row[f"NDCG@{k}"])) if np.isfinite(row[f"NDCG@{k}"]).any() \
+            else float("nan")
+        for kown in own_ks:
+            out[f"{name} own@{kown}"] = float(row[f"own@{kown}"].mean())
+    dist = score_distributions(blocks, pool)
+    out["AUC"] = _auc(np.concatenate([d["positive"] for d in dist.values()]),
+                      np.concatenate([d["null"] for d in dist.values()]))
+    return out
+
+
+_TYPES = (("text", "text"), ("text", "image"), ("image", "text"), ("image", "image"))
+
+
+def _type_groups(pool: RelevancePool, modality: str) -> np.ndarray:
+    return pool.text_group if modality == "text" else pool.image_group
+
+
+def _auc(pos: np.ndarray, neg: np.ndarray) -> float:
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    neg = np.sort(neg)
+    below = np.searchsorted(neg, pos, side="left")
+    ties = np.searchsorted(neg, pos, side="right") - below
+    return float((below + 0.5 * ties).sum() / (len(pos) * len(neg)))
+
+
+def score_distributions(blocks: ScoreBlocks, pool: RelevancePool) -> dict[str, dict[str, np.ndarray]]:
+    """Per pair type ("text-image", ...), the scores of relevant (same-group) and unrelated pairs.
+
+    A fair score puts "as relevant as a true match" at one height in every pair type: compare the
+    ``positive`` distributions across types, and each against its ``null``.
+    """
+    out = {}
+    for (a, b), block in zip(_TYPES, blocks):
+        same = _type_groups(pool, a)[:, None] == _type_groups(pool, b)[None, :]
+        keep = np.ones_like(same)
+        if a == b:
+            np.fill_diagonal(keep, False)
+        out[f"{a}-{b}"] = {"positive": block[same & keep], "null": block[~same & keep]}
+    return out

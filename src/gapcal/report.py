@@ -1,8 +1,10 @@
 """The gap report: pictures and tables of the modality gap before and after calibration (needs matplotlib).
 
-- ``histograms.png``: matched text-image scores against unmatched text-text, image-image and text-image
-  scores, raw cosine (before) and calibrated scores (after). Before, unmatched captions sit above
-  matched pairs; after, matched pairs stand clear of unmatched pairs of every kind.
+- ``histograms.png``: per pair type (text->text, text->image, image->text, image->image), the scores of
+  relevant pairs (matched pairs; siblings where groups give them) against unrelated pairs, raw cosine
+  (top row) and calibrated (bottom row, one shared axis). Before, each type's relevant and unrelated pairs
+  live in its own range; after, relevant pairs of every type stand at comparable heights above unrelated
+  ones.
 - ``map.png``: a 2-D map of both modalities with lines joining pairs, before and after: classical MDS of
   the mixed similarity matrix (for raw cosine this is PCA of the embeddings), or UMAP of the matching
   distances when umap-learn is installed (``map_method``). Before, texts and
@@ -20,7 +22,7 @@ import numpy as np
 from . import metrics
 from .baselines import RawCosine
 from .calibration import GapCalibrator
-from .evaluation import COLUMNS, cross_fit, evaluate
+from .evaluation import BALANCED_COLUMNS, PAIR_COLUMNS, cross_fit, default_methods, evaluate
 
 try:
     import matplotlib
@@ -49,19 +51,28 @@ def classical_mds(similarity: np.ndarray, dims: int = 2) -> np.ndarray:
     return evecs[:, top] * np.sqrt(np.clip(evals[top], 0, None))
 
 
-def _histograms(ax, blocks, title):
-    off = ~np.eye(len(blocks.tt), dtype=bool)
-    series = [("unmatched text-text", blocks.tt[off], "#1f77b4"), ("unmatched image-image", blocks.ii[off], "#d62728"),
-              ("unmatched text-image", blocks.ti[off], "#7f7f7f"), ("matched text-image", np.diag(blocks.ti), "#2ca02c")]
-    lo = min(s.min() for _, s, _ in series)
-    hi = max(s.max() for _, s, _ in series)
-    bins = np.linspace(lo, hi, 60)
-    for label, values, colour in series:
-        ax.hist(values, bins=bins, density=True, histtype="stepfilled" if label.startswith("matched") else "step",
-                alpha=0.45 if label.startswith("matched") else 1.0, color=colour, linewidth=1.6, label=label)
-    ax.set_title(title)
-    ax.set_ylabel("density")
-    ax.legend(fontsize=8)
+_TYPE_NAMES = {"text-text": "text query, text items", "text-image": "text query, image items",
+               "image-text": "image query, text items", "image-image": "image query, image items"}
+
+
+def _histograms(axes, blocks, pool, label):
+    """One panel per pair type: relevant (filled) against unrelated (line) scores, on one shared axis."""
+    dist = metrics.score_distributions(blocks, pool)
+    values = np.concatenate([v for d in dist.values() for v in d.values() if len(v)])
+    positives = np.concatenate([d["positive"] for d in dist.values()])
+    top = max(np.quantile(values, 0.9995), np.quantile(positives, 0.995) if len(positives) else -np.inf)
+    bins = np.linspace(np.quantile(values, 0.0005), top, 60)  # the few values beyond sit in the end bins
+    for ax, (name, d) in zip(axes, dist.items()):
+        ax.hist(np.clip(d["null"], bins[0], bins[-1]), bins=bins, density=True, histtype="step", color="#7f7f7f",
+                linewidth=1.6, label=f"unrelated ({len(d['null'])})")
+        if len(d["positive"]):
+            ax.hist(np.clip(d["positive"], bins[0], bins[-1]), bins=bins, density=True, histtype="stepfilled",
+                    alpha=0.5, color="#2ca02c", label=f"relevant ({len(d['positive'])})")
+        else:
+            ax.text(0.5, 0.6, "no relevant pairs of this type\n(no siblings in these groups)", ha="center",
+                    transform=ax.transAxes, fontsize=8)
+        ax.set_title(f"{label}: {_TYPE_NAMES[name]}", fontsize=9)
+        ax.legend(fontsize=7)
 
 
 def umap_layout(similarity: np.ndarray) -> np.ndarray:
@@ -90,9 +101,12 @@ def resolve_map_method(method: str) -> str:
     return method
 
 
-def _map(ax, blocks, title, method):
-    n = min(len(blocks.tt), _MAP_PAIRS)
-    sub = metrics.ScoreBlocks(*(b[:n, :n] for b in blocks))
+def _map(ax, blocks, pairs, title, method):
+    """Items of up to ``_MAP_PAIRS`` pairs (``pairs``: rows into the text and image blocks) and their links."""
+    t_rows, i_rows = pairs
+    sub = metrics.ScoreBlocks(blocks.tt[np.ix_(t_rows, t_rows)], blocks.ti[np.ix_(t_rows, i_rows)],
+                              blocks.it[np.ix_(i_rows, t_rows)], blocks.ii[np.ix_(i_rows, i_rows)])
+    n = len(t_rows)
     similarity = _mixed_matrix(sub)
     xy = umap_layout(similarity) if method == "umap" else classical_mds(similarity)
     text_xy, image_xy = xy[:n], xy[n:]
@@ -106,39 +120,58 @@ def _map(ax, blocks, title, method):
     ax.legend(fontsize=8)
 
 
-def write_report(text, image, out_dir, calibrator: GapCalibrator | None = None, map_method: str = "auto") -> Path:
+def _map_pairs(pool):
+    """Rows of up to ``_MAP_PAIRS`` pairs whose text and image each appear once (for a readable map)."""
+    seen_t, seen_i, t_rows, i_rows = set(), set(), [], []
+    for t, i in zip(pool.pair_text.tolist(), pool.pair_image.tolist()):
+        if t not in seen_t and i not in seen_i:
+            seen_t.add(t)
+            seen_i.add(i)
+            t_rows.append(t)
+            i_rows.append(i)
+        if len(t_rows) == _MAP_PAIRS:
+            break
+    return np.array(t_rows), np.array(i_rows)
+
+
+def write_report(text, image, out_dir, calibrator: GapCalibrator | None = None, map_method: str = "auto",
+                 groups=None) -> Path:
     """Write ``report.html``, ``histograms.png`` and ``map.png`` into ``out_dir``; returns the HTML path.
 
-    Without ``calibrator`` the table comes from the 2-fold cross-fit protocol (fair) and the pictures from
-    a calibrator fitted on all pairs; with one, everything evaluates that calibrator on these pairs.
+    Without ``calibrator`` the table comes from the 2-fold cross-fit protocol split by group (fair) and the
+    pictures from a calibrator fitted on all pairs; with one, everything evaluates that calibrator on these
+    pairs. ``groups`` (one label per pair) marks pairs whose items are relevant to each other.
     """
     method = resolve_map_method(map_method)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     text = np.asarray(text)
     image = np.asarray(image)
-    raw = metrics.score_blocks(RawCosine().fit(text, image), text, image)
+    pool = metrics.relevance_pool(text, image, groups)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     if calibrator is None:
-        rows = [row for row in cross_fit(text, image) if row[0] in ("raw cosine", "GR-CLIP", "I0T", "gapcal")]
-        calibrator = GapCalibrator().fit(text, image)
-        table_note = "2-fold cross-fit on these pairs (fit on one half, evaluate on the other, swap, average)."
+        methods = [m for m in default_methods() if m[0] in ("raw cosine", "GR-CLIP", "per-type z", "gapcal")]
+        rows = cross_fit(text, image, methods, groups=groups)
+        calibrator = GapCalibrator().fit(text, image, groups=groups)
+        table_note = "2-fold cross-fit on these pairs, split by group (fit on one half, evaluate on the other, swap, average)."
     else:
-        rows = [("raw cosine", evaluate(RawCosine().fit(text, image), text, image)),
-                ("gapcal (given calibrator)", evaluate(calibrator, text, image))]
+        rows = [("raw cosine", evaluate(RawCosine().fit(text, image), text, image, groups)),
+                ("gapcal (given calibrator)", evaluate(calibrator, text, image, groups))]
         table_note = "The given calibrator evaluated on these pairs."
-    calibrated = metrics.score_blocks(calibrator, text, image)
+    raw = metrics.pool_blocks(RawCosine().fit(text, image), pool)
+    calibrated = metrics.pool_blocks(calibrator, pool)
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    _histograms(axes[0], raw, "before: raw cosine")
-    _histograms(axes[1], calibrated, "after: calibrated score (z against unmatched pairs)")
+    fig, axes = plt.subplots(2, 4, figsize=(16, 6.4))
+    _histograms(axes[0], raw, pool, "raw cosine")
+    _histograms(axes[1], calibrated, pool, "calibrated")
     fig.tight_layout()
-    fig.savefig(out / "histograms.png", dpi=110)
+    fig.savefig(out / "histograms.png", dpi=100)
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.5))
     name = {"mds": "MDS", "umap": "UMAP"}[method]
-    _map(axes[0], raw, f"before: texts and images in two regions ({name} of raw cosine)", method)
-    _map(axes[1], calibrated, f"after: modalities mixed, pairs closer ({name} of calibrated scores)", method)
+    pairs = _map_pairs(pool)
+    _map(axes[0], raw, pairs, f"before: texts and images in two regions ({name} of raw cosine)", method)
+    _map(axes[1], calibrated, pairs, f"after: modalities mixed, pairs closer ({name} of calibrated scores)", method)
     fig.tight_layout()
     fig.savefig(out / "map.png", dpi=110)
     plt.close(fig)
@@ -153,8 +186,9 @@ def write_report(text, image, out_dir, calibrator: GapCalibrator | None = None, 
 
 def _html(n, d, gap, rows, table_note, summary) -> str:
     gap_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.3f}</td></tr>" for k, v in gap)
-    head = "".join(f"<th>{html.escape(label)}</th>" for label, _ in COLUMNS)
-    body = "".join("<tr><td>" + html.escape(name) + "</td>" + "".join(f"<td>{vals[key]:.3f}</td>" for _, key in COLUMNS)
+    columns = BALANCED_COLUMNS + tuple(c for c in PAIR_COLUMNS if all(c[1] in v for _, v in rows))
+    head = "".join(f"<th>{html.escape(label)}</th>" for label, _ in columns)
+    body = "".join("<tr><td>" + html.escape(name) + "</td>" + "".join(f"<td>{vals[key]:.3f}</td>" for _, key in columns)
                    + "</tr>" for name, vals in rows)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>gapcal report</title>
@@ -162,10 +196,12 @@ def _html(n, d, gap, rows, table_note, summary) -> str:
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child{{text-align:left}}</style></head>
 <body><h1>Modality gap report</h1>
 <p>{n} text-image pairs, dimension {d}.</p>
-<h2>Scores before and after calibration</h2><img src="histograms.png" width="100%">
+<h2>Relevant and unrelated pairs, per pair type, before and after calibration</h2><img src="histograms.png" width="100%">
 <h2>Where texts and images sit</h2><img src="map.png" width="100%">
 <h2>Gap of the raw embeddings</h2><table>{gap_rows}</table>
-<h2>Mixed-pool retrieval</h2><p>{html.escape(table_note)}</p>
+<h2>Mixed-pool retrieval</h2><p>{html.escape(table_note)} Each item queries all others of both
+modalities; its group (pair and siblings) is relevant. own@k: its own pair is in the top k. bias: the share of
+its own modality among its top 10 unrelated items minus that share among all of them (0 = fair).</p>
 <table><tr><th>method</th>{head}</tr>{body}</table>
 <h2>Calibrator</h2><pre>{html.escape(summary)}</pre>
 </body></html>

@@ -137,7 +137,7 @@ class _Split:
             params, keep = _faiss.search_parameters(self.subs[m], hidden and hidden[0], settings)
             scores, ids = self.subs[m].search(self._padded(u), k, params=params)
             del keep
-            parts.append((scores + np.float32(self.cal.score_offset(query_modality, m)), ids))
+            parts.append((self.cal.map_scores(scores, query_modality=query_modality, item_modality=m), ids))
         return parts
 
     def _search_lists(self, trained, query_modality, k, settings):
@@ -147,12 +147,12 @@ class _Split:
         for m, u in trained:
             ivf, chain = self.lists[m]
             u = _faiss.before_lists(chain, self._padded(u))
-            offset = np.float32(self.cal.score_offset(query_modality, m))
+            score_map = self.cal.score_map(query_modality=query_modality, item_modality=m)
             centroid_scores, lists = ivf.quantizer.search(u, min(budget, ivf.nlist))
             optimism = np.float32(_faiss.LIST_OPTIMISM * np.sqrt((self.spread[m] or 0.0) / ivf.d))
-            reach = centroid_scores + (offset + optimism * np.sqrt(np.einsum("ij,ij->i", u, u)))[:, None]
+            reach = score_map(centroid_scores + (optimism * np.sqrt(np.einsum("ij,ij->i", u, u)))[:, None])
             reach[lists < 0] = -np.inf
-            probes.append((m, u, offset, centroid_scores, lists, reach))
+            probes.append((m, u, score_map, centroid_scores, lists, reach))
         if len(probes) > 1 and sum(p[4].shape[1] for p in probes) > budget:
             # one budget for both modalities: keep each query's best lists overall (ties: the first)
             lists = np.concatenate([p[4] for p in probes], axis=1)
@@ -161,10 +161,10 @@ class _Split:
             width = probes[0][4].shape[1]
             probes = [probes[0][:4] + (lists[:, :width],), probes[1][:4] + (lists[:, width:],)]
         parts = []
-        for m, u, offset, centroid_scores, lists, *_ in probes:
+        for m, u, score_map, centroid_scores, lists, *_ in probes:
             hidden = self._hidden[m]
             scores, ids = _faiss.search_lists(self.lists[m][0], u, k, lists, centroid_scores, hidden and hidden[0])
-            parts.append((scores + offset, ids))
+            parts.append((score_map(scores).astype(np.float32), ids))
         return parts
 
 
@@ -236,8 +236,8 @@ class _Wrapped:
         if found.any():
             rows = np.nonzero(found)[0]
             items = self.cal.transform(self._reconstruct(ids[found]), modality)
-            scores[found] = np.einsum("ij,ij->i", u[rows], items) + np.float32(
-                self.cal.score_offset(query_modality, modality))
+            scores[found] = self.cal.map_scores(np.einsum("ij,ij->i", u[rows], items),
+                                                query_modality=query_modality, item_modality=modality)
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
 
@@ -252,11 +252,10 @@ class MixedIndex:
     (or one, with ``item_modality``) ordered by ``calibrator.similarity``.
 
     Why one faiss index per item modality: within one (query modality, item modality) pair the
-    calibrated score is an inner product plus a constant, so faiss's top-k is exact for it; between item
-    modalities the query vector itself differs (its scale 1/sigma and hubness weight depend on the pair,
-    and the 2x2 scale matrix is far from rank one: sigma_tt*sigma_ii / (sigma_ti*sigma_it) is about 5 on
-    COCO), so no single faiss query ranks both. Each modality's index is searched with its own query and
-    the two top-k lists are merged. Separate indexes beat one index with ID selectors (measured on 100k
+    calibrated score is a strictly increasing function of an inner product (the pair type's score map),
+    so faiss's top-k is exact for it; between item modalities the query vector (its hubness weight) and
+    the score map differ, so no single faiss query ranks both. Each modality's index is searched with its
+    own query, its scores are mapped, and the two top-k lists are merged. Separate indexes beat one index with ID selectors (measured on 100k
     vectors, k=10): a flat index keeps its BLAS path (0.66 vs 7.9 ms/query; faiss scans selector-filtered
     flat indexes row by row), and an HNSW walk that skips the other modality's nodes stops early (recall@10
     0.81 vs 0.50 at efSearch 64). Costs against bare faiss on the same vectors: flat indexes scan the same
@@ -265,9 +264,9 @@ class MixedIndex:
 
     IVF specs share their lists out: ``"IVF4096,Flat"`` gives each modality 2048 lists (trained on that
     modality), and ``nprobe`` counts lists in total. Each query ranks the centroids of both modalities by
-    calibrated reach (centroid score plus the pair's offset, plus ``LIST_OPTIMISM`` times the modality's
-    spread of items around their centroid along the query: cross-modal scores are divided by a smaller
-    std, so those lists reach further above their centroid) and scans its best ``nprobe`` lists, so it
+    calibrated reach (the pair type's score map of the centroid's inner product plus ``LIST_OPTIMISM``
+    times the modality's spread of items around their centroid along the query: where the map is steep,
+    as for cross-modal pairs, a list reaches further above its centroid) and scans its best ``nprobe`` lists, so it
     compares as many centroids and scans as many items as a bare IVF of the same spec. At equal nprobe
     it recalls a little less than a bare index does for raw scores, whose top-k sits in one modality's
     lists (``bench/index_speed.py`` prints both). A template IVF that is already trained keeps its nlist

@@ -144,12 +144,12 @@ class MilvusStore:
         store = MilvusStore("http://host:19530/mydb", "media", cal,       # a database, with authentication
                             token="user:password")                        # (or an API key on Zilliz Cloud)
 
-    How it ranks: within one (query modality, item modality) pair the calibrated score is an inner
-    product plus a constant, so a Milvus IP search restricted to that item modality (the filter
-    expression ``modality == "image"``) returns its exact top-k; the query vector itself differs between
-    item modalities, so no single search ranks both. ``search`` runs one filtered search per item
-    modality, adds ``calibrator.score_offset`` and merges the lists by score. The metric is therefore
-    always IP.
+    How it ranks: within one (query modality, item modality) pair the calibrated score is a strictly
+    increasing function of an inner product, so a Milvus IP search restricted to that item modality (the
+    filter expression ``modality == "image"``) returns its exact top-k; the query vector and the score map
+    differ between item modalities, so no single search ranks both. ``search`` runs one filtered search
+    per item modality, maps the scores (``calibrator.map_scores``) and merges the lists by score. The
+    metric is therefore always IP.
 
     The collection: INT64 primary key ``id``, FLOAT_VECTOR ``vector`` of width ``calibrator.output_dim_``,
     VARCHAR ``modality``, dynamic fields for the payload, consistency level Strong (a search sees every
@@ -415,7 +415,6 @@ class MilvusStore:
 
     def _search_one(self, u, query_modality, modality, k, user_filter, settings, names):
         """One item modality's exact-order top-k: (scores, ids, {field: values}), each (nq, k), padded."""
-        offset = np.float32(self._cal.score_offset(query_modality, modality))
         expr = f'modality == "{modality}"' + (f" and ({user_filter})" if user_filter else "")
         nq = len(u)
         ids = np.full((nq, k), -1, dtype=np.int64)
@@ -433,5 +432,6 @@ class MilvusStore:
                 raw[row, :len(hits)] = [hit["distance"] for hit in hits]
                 for name in names:
                     values[name][row, :len(hits)] = [hit["entity"].get(name) for hit in hits]
-        scores = np.where(ids >= 0, raw + offset, np.float32(-np.inf)).astype(np.float32)
+        scores = np.where(ids >= 0, self._cal.map_scores(raw, query_modality=query_modality, item_modality=modality),
+                          np.float32(-np.inf)).astype(np.float32)
         return scores, ids, values
