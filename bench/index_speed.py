@@ -180,7 +180,8 @@ def main(argv=None) -> None:
         n, hnsw_n, ivf = 100_000, 50_000, "IVF1024,Flat"
     text, image = load_coco500()
     cal = GapCalibrator().fit(text, image)
-    print(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads; calibrator: {cal.summary().splitlines()[1].strip()}")
+    print(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads; calibrator: "
+          f"{next(line for line in cal.summary().splitlines() if 'mean shift:' in line).strip()}")
     print(f"queries: {args.queries} ({args.queries // 2} per modality); timings: best of {args.repeats} "
           "interleaved runs")
     big = max(n, hnsw_n) // 2

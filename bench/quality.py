@@ -5,8 +5,8 @@ evaluate on the other, swap, average. Every held-out item queries all others of 
 is relevant (balanced relevance: NDCG@10, own-pair@k, pooled AUC); with one caption per image, pair
 retrieval too. "bias" is a diagnostic: the share of the query's own modality among its top 10 unrelated
 items minus its share among all unrelated items (0: the medium does not decide which unrelated items show;
-raw CLIP +0.5; negative: the other medium's unrelated items come first). Then: gapcal against the best of raw cosine / GR-CLIP / per-type z on every
-balanced metric, and the COCO-500 targets.
+raw CLIP +0.5; negative: the other medium's unrelated items come first). Then: gapcal against the best of
+raw cosine / GR-CLIP / per-type z on every balanced metric, and the COCO-500 targets.
 
     python bench/quality.py                        # bundled COCO-500 (real CLIP ViT-B/16 embeddings)
     python bench/quality.py --data my.npz          # arrays text, image (n, d) and optionally groups (n,)
@@ -25,23 +25,16 @@ from gapcal.data import load_coco500
 from gapcal.evaluation import baseline_check, cross_fit, default_methods, format_table
 
 
-class SameModalityShrinkControl:
-    """CONTROL, not a method: gapcal defaults, then same-modality scores multiplied by the correlation
-    between same-modality and cross-modal scores of unmatched training pairs (a regression to the mean).
+class CrossMediumBoostControl:
+    """CONTROL, not a method: gapcal defaults, then +2 on every text-image and image-text score (the odds of
+    relevance of the other medium multiplied by e^2 = 7.4).
 
-    It shows what buys the last points of mixed-pool R@1 on a one-relevant-item benchmark: pushing the
-    other medium above every same-medium item (watch own-medium@10, dup parity and medium bias).
+    It shows what a one-relevant-item benchmark (one caption per image) rewards: pushing the other medium
+    up wins pair R@1 and MRR while own-medium@10, dup parity and the medium bias collapse.
     """
 
     def fit(self, text, image, *, groups=None):
         self.cal = GapCalibrator().fit(text, image, groups=groups)
-        off = ~np.eye(len(text), dtype=bool)
-        self.rho = {}
-        for m, x, y in (("text", text, image), ("image", image, text)):
-            same = self.cal.similarity(x, x, m, m)[off]
-            other = "image" if m == "text" else "text"
-            cross = self.cal.similarity(x, y, m, other)[off]
-            self.rho[m] = float(np.corrcoef(same, cross)[0, 1])
         return self
 
     def embed(self, x, modality):
@@ -49,7 +42,7 @@ class SameModalityShrinkControl:
 
     def similarity(self, queries, items, query_modality, item_modality):
         s = self.cal.similarity(queries, items, query_modality, item_modality)
-        return s * self.rho[query_modality] if query_modality == item_modality else s
+        return s + 2.0 if query_modality != item_modality else s
 
 
 def run(name, text, image, groups, methods, seed):
@@ -73,7 +66,7 @@ def main() -> None:
     methods = default_methods()
     text, image = load_coco500()
     rows = run("COCO-500, CLIP ViT-B/16 (real)", text, image, None,
-               methods + [("control: same-medium shrink", SameModalityShrinkControl)], args.seed)
+               methods + [("control: other medium +2", CrossMediumBoostControl)], args.seed)
     raw, gap = rows["raw cosine"], rows["gapcal"]
     print("\nCOCO-500 targets for the gapcal defaults (issue 11: no worse than gapcal 0.1):")
     for label, value, ok in [("mixed-pool pair R@1 >= 0.58", gap["R@1"], gap["R@1"] >= 0.58),
@@ -82,8 +75,8 @@ def main() -> None:
                              ("pooled AUC >= 0.992", gap["pair AUC"], gap["pair AUC"] >= 0.992)]:
         print(f"  {'MET ' if ok else 'MISS'} {label}: {value:.3f}")
     print(f"  own-medium@10 {gap['share']:.3f}, dup parity {gap['parity']:.3f} (0.5: the medium does not decide; "
-          f"raw CLIP 1.0; the control row {rows['control: same-medium shrink']['share']:.3f} / "
-          f"{rows['control: same-medium shrink']['parity']:.3f})")
+          f"raw CLIP 1.0; the control row {rows['control: other medium +2']['share']:.3f} / "
+          f"{rows['control: other medium +2']['parity']:.3f})")
     for path in args.data:
         with np.load(path, allow_pickle=False) as data:
             groups = data["groups"] if "groups" in data.files else None

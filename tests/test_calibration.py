@@ -138,7 +138,7 @@ def test_inputs_are_treated_as_directions(fitted, split):
 def test_auto_keeps_the_simple_stages_on_250_pairs_and_says_why(fitted):
     assert (fitted.mean_shift_, fitted.projection_) == (False, "none")
     report = fitted.fit_report_
-    assert report["holdout_pairs"] == 250 and report["holdout_folds"] == 5 and len(report["candidates"]) == 6
+    assert report["holdout_pairs"] == 250 and report["holdout_folds"] == 5 and len(report["candidates"]) == 4
     assert report["metric"] == "mixed-pool MRR"
     assert "kept the simplest choice" in report["reason"] and "keeping needs more than 2 SE" in report["reason"]
     best = max(report["candidates"][1:], key=lambda c: c["gain"])

@@ -361,6 +361,21 @@ def test_refitted_calibrator_is_refused(coco):
         index.add(text[:2], "text")
 
 
+def test_an_option_changed_after_fit_is_refused_not_silently_used(coco):
+    """The issue's case: hubness switched off after the index was built changed 91 of 100 results silently."""
+    text, image = coco
+    cal = GapCalibrator(mean_shift=False, projection="none").fit(text[:200], image[:200])
+    index = MixedIndex(cal, "Flat")
+    index.add(text[200:300], "text")
+    index.add(image[200:300], "image")
+    before = index.search(text[:5], k=10, query_modality="text")
+    cal.hubness = False
+    with pytest.raises(ValueError, match="option hubness was changed from True to False after fitting"):
+        index.search(text[:5], k=10, query_modality="text")
+    cal.hubness = True
+    np.testing.assert_array_equal(index.search(text[:5], k=10, query_modality="text").ids, before.ids)
+
+
 # ---------------------------------------------------------------------- bad input leaves everything as it was
 def _state(index, queries):
     result = index.search(queries, k=5)

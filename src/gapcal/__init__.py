@@ -7,7 +7,7 @@ attribute access, so ``import gapcal`` stays cheap and works without the optiona
 
 from importlib import import_module
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from ._checks import NotFittedError  # noqa: E402
 from .calibration import GapCalibrator  # noqa: E402

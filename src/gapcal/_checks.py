@@ -22,7 +22,8 @@ def check_numeric(name: str, arr: np.ndarray) -> None:
     """Real numbers only: floats, signed or unsigned integers (booleans and complex numbers say nothing
     about direction in the way embeddings do)."""
     if arr.dtype.kind not in "fiu":
-        raise TypeError(f"{name} must be a real numeric array of shape (n, d) (floats or integers), got dtype {arr.dtype}")
+        raise TypeError(f"{name} must be a real numeric array of shape (n, d) (floats or integers), got dtype "
+                        f"{arr.dtype}")
 
 
 def as_matrix(name: str, x, *, dim: int | None = None, dtype=np.float32, allow_empty: bool = True,

@@ -194,7 +194,8 @@ def _index_build(args) -> int:
         spec = getattr(args, modality)
         if spec is not None:
             ids = _add_vectors(index, load_array(spec, modality), modality)
-            print(f"added {len(ids)} {modality} items (ids {ids[0]}..{ids[-1]})" if len(ids) else f"no {modality} items")
+            print(f"added {len(ids)} {modality} items (ids {ids[0]}..{ids[-1]})" if len(ids) else
+                  f"no {modality} items")
     index.save(args.output)
     print(f"saved a {args.factory} MixedIndex of {len(index)} items to {args.output}")
     return 0

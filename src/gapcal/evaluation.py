@@ -4,8 +4,9 @@ Balanced relevance (every evaluation): each distinct held-out item queries all o
 the items of its group (its pair, and siblings: an image's other captions, a product's other colours) are
 relevant. NDCG@10 and own-pair@k per query modality, pooled AUC over all four pair types, and the medium
 bias: the share of the query's own modality among its top 10 unrelated items minus its share among all
-unrelated items (0: the medium does not decide; raw CLIP: +0.5). Pair retrieval (when every row is a distinct item, one relevant item per
-query): mixed-pool R@1/R@10/MRR, cross-modal R@1, pooled AUC, own-medium share, duplicate parity.
+unrelated items (0: the medium does not decide; raw CLIP: +0.5). Pair retrieval (when every row is a
+distinct item, one relevant item per query): mixed-pool R@1/R@10/MRR, cross-modal R@1, pooled AUC,
+own-medium share, duplicate parity.
 """
 
 from __future__ import annotations

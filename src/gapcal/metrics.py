@@ -197,7 +197,7 @@ def relevance_pool(text, image, groups=None) -> RelevancePool:
     relevant to each other). Without it, a group is an item and everything paired with it.
     """
     from ._checks import check_groups
-    from ._groups import distinct_items, label_edges, pair_components, row_ids
+    from ._groups import label_edges, pair_components, row_ids
 
     t, i = _check_pairs(text, image)
     labels = check_groups(groups, len(t))
@@ -263,9 +263,11 @@ def per_query(blocks: ScoreBlocks, pool: RelevancePool, k: int = 10, own_ks=(1, 
     for name, (scores, relevant, own) in _query_views(blocks, pool).items():
         n_items = scores.shape[1]
         kk = min(k, n_items)
-        top = _top(scores, max(kk, *own_ks))
-        hits = np.take_along_axis(relevant, top[:, :kk], 1)
         count = relevant.sum(1)
+        # one ranking serves all: the top k unrelated items lie within the top k + (relevant items)
+        depth = min(n_items, max(kk, *own_ks) + int(count.max(initial=0)))
+        top = _top(scores, depth)
+        hits = np.take_along_axis(relevant, top[:, :kk], 1)
         ideal = np.cumsum(discount)[np.maximum(np.minimum(count, kk), 1) - 1]
         ndcg = np.where(count > 0, (hits * discount[:kk]).sum(1) / ideal, np.nan)
         row = {f"NDCG@{k}": ndcg}
@@ -273,12 +275,14 @@ def per_query(blocks: ScoreBlocks, pool: RelevancePool, k: int = 10, own_ks=(1, 
             row[f"own@{kown}"] = np.take_along_axis(own, top[:, :kown], 1).any(axis=1).astype(np.float64)
         own_scores = np.where(own, scores, -np.inf).max(axis=1)
         row["RR"] = np.where(own.any(axis=1), 1.0 / (1 + (scores > own_scores[:, None]).sum(1)), np.nan)
-        unrelated = ~relevant & np.isfinite(scores)
         same_medium = np.zeros(n_items, dtype=bool)
         same_medium[:nt] = name == "text"
         same_medium[nt:] = name == "image"
-        null_top = _top(np.where(unrelated, scores, -np.inf), kk)
-        share = same_medium[null_top].mean(axis=1)
+        unrelated = ~relevant & np.isfinite(scores)
+        ranked_unrelated = np.take_along_axis(unrelated, top, 1)
+        first_k = np.cumsum(ranked_unrelated, axis=1) <= kk
+        picked = ranked_unrelated & first_k
+        share = (picked & same_medium[top]).sum(1) / np.maximum(picked.sum(1), 1)
         row["medium bias"] = share - (unrelated & same_medium).sum(1) / np.maximum(unrelated.sum(1), 1)
         out[name] = row
     return out

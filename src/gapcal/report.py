@@ -111,7 +111,8 @@ def _map(ax, blocks, pairs, title, method):
     xy = umap_layout(similarity) if method == "umap" else classical_mds(similarity)
     text_xy, image_xy = xy[:n], xy[n:]
     for k in range(n):
-        ax.plot([text_xy[k, 0], image_xy[k, 0]], [text_xy[k, 1], image_xy[k, 1]], color="#bbbbbb", linewidth=0.5, zorder=1)
+        ax.plot([text_xy[k, 0], image_xy[k, 0]], [text_xy[k, 1], image_xy[k, 1]], color="#bbbbbb", linewidth=0.5,
+                zorder=1)
     ax.scatter(*text_xy.T, s=12, color=_COLOURS["text"], label="text", zorder=2)
     ax.scatter(*image_xy.T, s=12, color=_COLOURS["image"], label="image", zorder=2)
     ax.set_title(title)
@@ -152,7 +153,8 @@ def write_report(text, image, out_dir, calibrator: GapCalibrator | None = None, 
         methods = [m for m in default_methods() if m[0] in ("raw cosine", "GR-CLIP", "per-type z", "gapcal")]
         rows = cross_fit(text, image, methods, groups=groups)
         calibrator = GapCalibrator().fit(text, image, groups=groups)
-        table_note = "2-fold cross-fit on these pairs, split by group (fit on one half, evaluate on the other, swap, average)."
+        table_note = ("2-fold cross-fit on these pairs, split by group (fit on one half, evaluate on the other, "
+                      "swap, average).")
     else:
         rows = [("raw cosine", evaluate(RawCosine().fit(text, image), text, image, groups)),
                 ("gapcal (given calibrator)", evaluate(calibrator, text, image, groups))]
@@ -196,7 +198,8 @@ def _html(n, d, gap, rows, table_note, summary) -> str:
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child{{text-align:left}}</style></head>
 <body><h1>Modality gap report</h1>
 <p>{n} text-image pairs, dimension {d}.</p>
-<h2>Relevant and unrelated pairs, per pair type, before and after calibration</h2><img src="histograms.png" width="100%">
+<h2>Relevant and unrelated pairs, per pair type, before and after calibration</h2>
+<img src="histograms.png" width="100%">
 <h2>Where texts and images sit</h2><img src="map.png" width="100%">
 <h2>Gap of the raw embeddings</h2><table>{gap_rows}</table>
 <h2>Mixed-pool retrieval</h2><p>{html.escape(table_note)} Each item queries all others of both

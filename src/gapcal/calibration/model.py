@@ -98,7 +98,8 @@ class Model:
         return [self.query_vectors(emb[a], a, b) @ items[b].T for a, b in TYPES]
 
     def blocks(self, text_units: np.ndarray, image_units: np.ndarray) -> metrics.ScoreBlocks:
-        return metrics.ScoreBlocks(*(self.maps[t](raw) for t, raw in zip(TYPES, self.raw_blocks(text_units, image_units))))
+        raw = self.raw_blocks(text_units, image_units)
+        return metrics.ScoreBlocks(*(self.maps[t](block) for t, block in zip(TYPES, raw, strict=True)))
 
     # ---------------------------------------------------------------- persistence
     def to_arrays(self) -> dict:
@@ -129,7 +130,8 @@ class Model:
             shift = {m: get(f"{m}_shift", (dim,)) if f"{m}_shift" in arrays else None for m in MODALITIES}
             proj = {m: get(f"{m}_projection", (dim, dim)) if f"{m}_projection" in arrays else None for m in MODALITIES}
             hub = {m: (get(f"{m}_hub_mean", (dim,)).astype(np.float32),
-                       np.ascontiguousarray(get(f"{m}_hub_basis"), dtype=np.float32)) for m in MODALITIES} if hubness else {}
+                       np.ascontiguousarray(get(f"{m}_hub_basis"), dtype=np.float32))
+                   for m in (MODALITIES if hubness else ())}
             if any(basis.ndim != 2 or basis.shape[0] != dim for _, basis in hub.values()):
                 raise ValueError(f"a hubness basis must have {dim} rows")
             maps = {(a, b): scoremap.ScoreMap.from_array(get(f"map_{a}_{b}")) for a, b in TYPES}

@@ -30,7 +30,7 @@ _DEEPEST = 1e-5
 _TAIL_FRACTION = 0.01
 _GRID = 256
 _TIE_SLOPE = 1e-3  # keeps the relevance map strictly increasing where the positives' density dips
-MIN_POSITIVES = 20
+MIN_POSITIVES = 50  # relevant pairs a pair type needs for its own density of positives
 
 
 @dataclass(frozen=True)

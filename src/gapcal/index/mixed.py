@@ -251,12 +251,12 @@ class MixedIndex:
     embeddings and stores ``calibrator.transform`` of them; ``search`` returns items of both modalities
     (or one, with ``item_modality``) ordered by ``calibrator.similarity``.
 
-    Why one faiss index per item modality: within one (query modality, item modality) pair the
-    calibrated score is a strictly increasing function of an inner product (the pair type's score map),
-    so faiss's top-k is exact for it; between item modalities the query vector (its hubness weight) and
-    the score map differ, so no single faiss query ranks both. Each modality's index is searched with its
-    own query, its scores are mapped, and the two top-k lists are merged. Separate indexes beat one index with ID selectors (measured on 100k
-    vectors, k=10): a flat index keeps its BLAS path (0.66 vs 7.9 ms/query; faiss scans selector-filtered
+    Why one faiss index per item modality: within one (query modality, item modality) pair the calibrated
+    score is a strictly increasing function of an inner product (the pair type's score map), so faiss's top-k
+    is exact for it; between item modalities the query vector (its hubness weight) and the score map differ,
+    so no single faiss query ranks both. Each modality's index is searched with its own query, its scores are
+    mapped, and the two top-k lists are merged. Separate indexes beat one index with ID selectors (measured on
+    100k vectors, k=10): a flat index keeps its BLAS path (0.66 vs 7.9 ms/query; faiss scans selector-filtered
     flat indexes row by row), and an HNSW walk that skips the other modality's nodes stops early (recall@10
     0.81 vs 0.50 at efSearch 64). Costs against bare faiss on the same vectors: flat indexes scan the same
     rows; HNSW pays a second graph walk, and its cross-modal walks (text query, image graph) are out of
@@ -266,8 +266,8 @@ class MixedIndex:
     modality), and ``nprobe`` counts lists in total. Each query ranks the centroids of both modalities by
     calibrated reach (the pair type's score map of the centroid's inner product plus ``LIST_OPTIMISM``
     times the modality's spread of items around their centroid along the query: where the map is steep,
-    as for cross-modal pairs, a list reaches further above its centroid) and scans its best ``nprobe`` lists, so it
-    compares as many centroids and scans as many items as a bare IVF of the same spec. At equal nprobe
+    as for cross-modal pairs, a list reaches further above its centroid) and scans its best ``nprobe``
+    lists, so it compares as many centroids and scans as many items as a bare IVF of the same spec. At equal nprobe
     it recalls a little less than a bare index does for raw scores, whose top-k sits in one modality's
     lists (``bench/index_speed.py`` prints both). A template IVF that is already trained keeps its nlist
     in each modality.
