@@ -31,7 +31,8 @@ class GapCalibrator:
     1. ``mean_shift``: subtract each modality's mean (from the pairs) and re-normalise.
     2. ``projection``: a linear map fitted on the pairs: ``"ridge"`` maps texts toward their images,
        shrunk toward the identity; ``"procrustes"`` rotates texts onto images.
-    3. ``hubness``: an item-side correction between modalities (CSLS with a Gaussian neighbourhood estimate).
+    3. ``hubness``: an item-side correction between modalities (CSLS with a Gaussian neighbourhood
+       estimate).
     4. ``score_norm``: a monotone map per (query modality, item modality) pair type (see
        ``gapcal.calibration.scoremap``). The default, ``"relevance"``, scores the log-likelihood ratio that
        an item is relevant rather than unrelated: equal scores mean equal odds of relevance whatever the
@@ -40,15 +41,34 @@ class GapCalibrator:
 
     ``"auto"`` stages are chosen on held-out *groups* of the fitted pairs: pairs sharing an item (an image
     with five captions), near-copies of one another, and pairs with the same ``groups`` label are held out
-    together, so a stage cannot win by memorising repeated items. Each candidate is fitted on the rest and
-    ranks the held-out items of both modalities; a stage is kept only when it beats the simpler choice by
-    more than one standard error and no guard gets worse (``fit_report_`` and ``summary()`` say what won).
+    together, so a stage cannot win by memorising repeated items. Each candidate is fitted on the other
+    folds and ranks the held-out items of both modalities; a stage is kept only when it beats the simplest
+    choice by more than two standard errors and no guard gets worse (``summary()`` says what won).
 
-    Fitting streams: sums, second moments (float64), a bounded sample of pairs chosen by content hash
-    (``sample_size``) and small hash sketches, so memory is O(d^2 + sample_size * d) whatever the number
-    of pairs; ``partial_fit`` only adds to them (the stages are chosen once, on first use or ``finalize()``),
-    and ``merge`` combines calibrators fitted on different shards. Options are frozen once fitting starts:
-    changing one makes every use raise until ``fit`` runs again.
+    Fitting streams: per-modality sums (float64), a bounded sample of pairs chosen by content hash so that
+    groups arrive whole (``sample_size``; projections, hubness terms and score maps are fitted on it) and
+    small hash sketches, so memory is O(sample_size * d) whatever the number of pairs. ``partial_fit`` only
+    adds to them (the stages are chosen once, on first use or ``finalize()``); ``merge`` combines
+    calibrators fitted on different shards. Options are frozen once fitting starts: changing one makes
+    every use raise until ``fit`` runs again.
+
+    Attributes
+    ----------
+    dim_ : int
+        Embedding dimension.
+    n_pairs_ : int
+        Pairs fitted on.
+    mean_shift_, projection_ : bool, str
+        The stages kept.
+    text_mean_, image_mean_ : ndarray of shape (dim_,)
+        Mean unit vector of each modality over all pairs.
+    output_dim_ : int
+        Width of ``transform`` and ``transform_query`` vectors.
+    fit_report_ : dict
+        What the fit saw (pairs, groups, duplicates, siblings), the held-out table, the decision, and per
+        pair type where its relevant pairs came from and their typical score.
+    fingerprint_ : str
+        Hash of the options and fitted arrays; indexes and stores refuse any other calibrator.
     """
 
     def __init__(self, *, mean_shift="auto", projection="auto", hubness=True, score_norm="relevance",
