@@ -404,6 +404,12 @@ def test_bad_fit_inputs(split):
     with pytest.raises(ValueError, match="text must be finite"):
         cal.fit(np.full((20, 4), np.nan), np.ones((20, 4)))
     assert not hasattr(cal, "dim_")
+    one_caption = np.tile(split[0][:1], (20, 1))  # every image with the same caption: one group
+    with pytest.raises(ValueError, match=r"at least 3 groups .* got 1 group\(s\) in 20 pairs"):
+        cal.fit(one_caption, split[1][:20])
+    with pytest.raises(ValueError, match=r"at least 3 groups .* got 2 group\(s\)"):
+        cal.fit(split[0][:20], split[1][:20], groups=np.arange(20) % 2)
+    assert not hasattr(cal, "dim_")
 
 
 @pytest.mark.parametrize("kwargs, exc, match", [

@@ -91,3 +91,25 @@ def test_unit_rows_gives_unit_rows_or_names_the_bad_ones(seed, dtype, magnitude)
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1, atol=1e-5)
     ref = arr.astype(np.float64) / np.linalg.norm(arr.astype(np.float64), axis=1, keepdims=True)
     np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(8, 70), d=st.integers(2, 9), n_groups=st.integers(1, 70),
+       repeat_images=st.booleans(), labelled=st.booleans())
+def test_fit_on_any_grouped_data_scores_or_says_why_not(seed, n, d, n_groups, repeat_images, labelled):
+    rng = np.random.default_rng(seed)
+    text = rng.standard_normal((n, d)).astype(np.float32)
+    image = rng.standard_normal((n, d)).astype(np.float32)
+    if repeat_images:
+        image = image[rng.integers(0, max(1, n // 3), n)]
+    groups = rng.integers(0, n_groups, n) if labelled else None
+    cal = GapCalibrator(sample_size=32)
+    try:
+        cal.fit(text, image, groups=groups)
+    except ValueError as exc:
+        assert "at least 3 groups" in str(exc)
+        return
+    for a, b in (("text", "image"), ("image", "text"), ("text", "text"), ("image", "image")):
+        s = cal.similarity(text[:5], image[:4] if b == "image" else text[:4], a, b)
+        assert s.shape == (5, 4) and np.isfinite(s).all()
+    assert cal.summary().startswith(f"GapCalibrator fitted on {n} pairs")

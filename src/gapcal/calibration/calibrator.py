@@ -17,6 +17,7 @@ from .selection import MIN_HOLDOUT, fold_plan, folds, select
 from .stats import SKETCH, PairStatistics, distinct_estimate, label_hashes
 
 _MIN_PAIRS = 8
+_MIN_GROUPS = 3
 _SCORE_SAMPLE = 1000
 _CHUNK = 65536
 _PARAMS = ("mean_shift", "projection", "hubness", "score_norm", "holdout_fraction", "sample_size")
@@ -242,6 +243,10 @@ class GapCalibrator:
     def _finalized(self, stats: PairStatistics, params: dict) -> dict:
         """The whole fitted state for these statistics (nothing is assigned here)."""
         reference, counts = _sample_reference(stats)
+        if counts["sample_groups"] < _MIN_GROUPS:
+            raise ValueError(f"text and image must hold pairs of at least {_MIN_GROUPS} groups to tell relevant from "
+                             f"unrelated pairs (pairs sharing a row, a near-copy or a groups label are one group), "
+                             f"got {counts['sample_groups']} group(s) in {stats.count} pairs")
         candidates = self._candidates()
         count = max(2, int(round(1 / params["holdout_fraction"])))
         fold = folds(reference.group, stats.sample_key, count)

@@ -228,7 +228,10 @@ def build(stages, moments, reference: Reference, *, hubness: bool, score_norm: s
                 cache[key] = hub_params(partial.embed(rows, m))
             hub[m] = cache[key]
         partial = Model(dim, shift, proj, hub, partial.maps)
-    evidence = measure(partial, reference.rows(slice(0, score_rows)))
+    rows = slice(0, score_rows)
+    if len(np.unique(reference.group[rows])) < 3:  # too few groups there for unrelated pairs of every type
+        rows = slice(None)
+    evidence = measure(partial, reference.rows(rows))
     maps, kind = fit_maps(evidence, score_norm, positive_surprise)
     return Model(dim, shift, proj, partial.hub, maps), evidence, kind
 

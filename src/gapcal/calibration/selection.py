@@ -27,6 +27,7 @@ _SALT = np.uint64(0x2545F4914F6CDD1D)
 SELECTION_SCORE_ROWS = 500
 MIN_HOLDOUT = 20
 MIN_TRAIN = 8
+MIN_GROUPS = 3  # a training part needs unrelated pairs of every type: items of at least three groups
 ENOUGH_HELD_OUT = 1000
 POOL_PAIRS = 500  # a fold ranks at most this many of its pairs (whole groups): the cost grows with its square
 KEEP_SE = 2.0
@@ -44,12 +45,13 @@ def folds(group: np.ndarray, key: np.ndarray, count: int) -> np.ndarray:
 def fold_plan(fold: np.ndarray, group: np.ndarray, count: int) -> list:
     """(training rows, held-out rows) per fold to check: in order, until ``ENOUGH_HELD_OUT`` pairs were
     held out, each fold ranking at most ``POOL_PAIRS`` of its pairs (its first groups in sample order);
-    only folds leaving ``MIN_TRAIN`` pairs to train on. Empty when fewer than ``MIN_HOLDOUT`` could be."""
+    only folds leaving ``MIN_TRAIN`` pairs of ``MIN_GROUPS`` groups to train on. Empty when fewer than
+    ``MIN_HOLDOUT`` could be."""
     plan, held = [], 0
     for f in range(count):
         inside = fold == f
         size = int(inside.sum())
-        if not size or len(fold) - size < MIN_TRAIN:
+        if not size or len(fold) - size < MIN_TRAIN or len(np.unique(group[~inside])) < MIN_GROUPS:
             continue
         rows = np.flatnonzero(inside)
         if size > POOL_PAIRS:  # whole groups only: cut after the group of the POOL_PAIRS-th pair
