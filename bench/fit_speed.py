@@ -82,7 +82,7 @@ def main() -> None:
     for label, fitted in (("defaults", GapCalibrator().fit(text[:50_000], image[:50_000])),
                           ("projection='ridge'", GapCalibrator(projection="ridge").fit(text[:50_000], image[:50_000]))):
         weights = np.random.default_rng(1).standard_normal((args.d, fitted.output_dim_), dtype=np.float32)
-        matmul, transform = best_of([lambda: rows @ weights, lambda: fitted.transform(rows, "image")], args.repeats + 1)
+        matmul, transform = best_of([lambda: rows @ weights, lambda: fitted.transform(rows, modality="image")], args.repeats + 1)
         print(f"transform {label:20s} {len(rows) / transform:12,.0f} rows/s vs matmul {len(rows) / matmul:12,.0f} "
               f"rows/s: throughput ratio {matmul / transform:.2f} (target >= 0.80)")
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from gapcal.calibration import GapCalibrator
 from gapcal.data import load_coco500
-from gapcal.index import MixedIndex
+from gapcal.stores.faiss import MixedIndex
 
 K = 10
 
@@ -90,9 +90,9 @@ def bench(spec, n, cal, text_items, image_items, queries, settings, train_points
     mixed = MixedIndex(cal, spec)
     for m, items in (("text", text_items), ("image", image_items)):
         if not mixed.faiss_index(m).is_trained:
-            mixed.train(items[rng.choice(half, min(half, train_points // 2), replace=False)], m)
-    mixed.add(text_items, "text", ids=np.arange(half))
-    mixed.add(image_items, "image", ids=np.arange(half, n))
+            mixed.train(items[rng.choice(half, min(half, train_points // 2), replace=False)], modality=m)
+    mixed.add(text_items, modality="text", ids=np.arange(half))
+    mixed.add(image_items, modality="image", ids=np.arange(half, n))
     mixed_build = time.perf_counter() - start
     memory = serialized_bytes(bare), mixed_bytes(mixed)
 
@@ -102,9 +102,9 @@ def bench(spec, n, cal, text_items, image_items, queries, settings, train_points
     del exact_raw
     exact_cal = mixed if spec == "Flat" else MixedIndex(cal, "Flat")
     if exact_cal is not mixed:
-        exact_cal.add(text_items, "text", ids=np.arange(half))
-        exact_cal.add(image_items, "image", ids=np.arange(half, n))
-    cal_truth = exact_cal.search(q_text, K, "text").ids, exact_cal.search(q_image, K, "image").ids
+        exact_cal.add(text_items, modality="text", ids=np.arange(half))
+        exact_cal.add(image_items, modality="image", ids=np.arange(half, n))
+    cal_truth = exact_cal.search(q_text, K, query_modality="text").ids, exact_cal.search(q_image, K, query_modality="image").ids
     del exact_cal
 
     runs = []
@@ -113,11 +113,11 @@ def bench(spec, n, cal, text_items, image_items, queries, settings, train_points
             faiss.ParameterSpace().set_index_parameter(bare, name, value)
 
         def bare_search():
-            return bare.search(q_text, K)[1], bare.search(q_image, K)[1]
+            return bare.search(q_text, K, query_modality="text")[1], bare.search(q_image, K)[1]
 
         def mixed_search(params=params):
-            return (mixed.search(q_text, K, "text", params=params).ids,
-                    mixed.search(q_image, K, "image", params=params).ids)
+            return (mixed.search(q_text, K, params=params, query_modality="text").ids,
+                    mixed.search(q_image, K, params=params, query_modality="image").ids)
 
         bare_batch, mixed_batch = [], []
         for _ in range(repeats):  # interleaved, so load from other processes hits both alike
@@ -132,8 +132,8 @@ def bench(spec, n, cal, text_items, image_items, queries, settings, train_points
     # single-query latency at the first setting
     for name, value in (settings[0] or {}).items():
         faiss.ParameterSpace().set_index_parameter(bare, name, value)
-    bare_one = best_of(repeats, lambda: [bare.search(q_text[i:i + 1], K) for i in range(singles)])
-    mixed_one = best_of(repeats, lambda: [mixed.search(q_text[i:i + 1], K, "text", params=settings[0])
+    bare_one = best_of(repeats, lambda: [bare.search(q_text[i:i + 1], K, query_modality="text") for i in range(singles)])
+    mixed_one = best_of(repeats, lambda: [mixed.search(q_text[i:i + 1], K, params=settings[0], query_modality="text")
                                           for i in range(singles)])
     return {"spec": spec, "n": n, "build": (bare_build, mixed_build), "memory": memory, "runs": runs,
             "single": (bare_one / singles, mixed_one / singles, singles, settings[0])}

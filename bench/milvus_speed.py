@@ -73,17 +73,17 @@ def main() -> None:
     db = str(folder / "bench.db")
     try:
         index = {"index_type": args.index}
-        store = MilvusStore(db, "calibrated", cal, index_params=index, batch_size=args.batch_size,
+        store = MilvusStore(cal, db, "calibrated", index_params=index, batch_size=args.batch_size,
                             show_progress=False)
-        twin = MilvusStore(db, "raw", cal, index_params=index, show_progress=False)
+        twin = MilvusStore(cal, db, "raw", index_params=index, show_progress=False)
         client = store.client
 
         start = time.perf_counter()
-        store.add(text, "text", ids=np.arange(half))
-        store.add(image, "image", ids=np.arange(half, args.n))
+        store.add(text, modality="text", ids=np.arange(half))
+        store.add(image, modality="image", ids=np.arange(half, args.n))
         ours = time.perf_counter() - start
 
-        rows = {m: cal.transform(x, m) for m, x in (("text", text), ("image", image))}  # calibrated beforehand
+        rows = {m: cal.transform(x, modality=m) for m, x in (("text", text), ("image", image))}  # calibrated beforehand
         start = time.perf_counter()
         next_id = 0
         for m, vectors in rows.items():
@@ -97,16 +97,16 @@ def main() -> None:
               f"vectors/s   overhead ratio {ours / raw:.2f}")
 
         settings = {"metric_type": "IP", "params": {}}
-        filtered = {m: cal.transform_query(queries, "text", m) for m in ("text", "image")}
+        filtered = {m: cal.transform_query(queries, query_modality="text", item_modality=m) for m in ("text", "image")}
 
         def raw_filtered():
             for m, u in filtered.items():
                 client.search("calibrated", data=u, limit=args.k, filter=f'modality == "{m}"',
-                              search_params=settings, output_fields=["modality"])
+                              params=settings, fields=["modality"])
 
         def raw_single():
-            client.search("calibrated", data=filtered["image"], limit=args.k, search_params=settings,
-                          output_fields=["modality"])
+            client.search("calibrated", data=filtered["image"], limit=args.k, params=settings,
+                          fields=["modality"])
 
         mixed, same_calls, single = best_of([lambda: store.search(queries, k=args.k), raw_filtered, raw_single],
                                             args.repeats)

@@ -38,10 +38,10 @@ class CrossMediumBoostControl:
         return self
 
     def embed(self, x, modality):
-        return self.cal.embed(x, modality)
+        return self.cal.embed(x, modality=modality)
 
     def similarity(self, queries, items, query_modality, item_modality):
-        s = self.cal.similarity(queries, items, query_modality, item_modality)
+        s = self.cal.similarity(queries, items, query_modality=query_modality, item_modality=item_modality)
         return s + 2.0 if query_modality != item_modality else s
 
 

@@ -35,10 +35,10 @@ def flat_index(cal, coco):
     """A Flat MixedIndex of the 500 captions (ids 0..499) and 500 images (ids 500..999)."""
     import numpy as np
 
-    from gapcal.index import MixedIndex
+    from gapcal.stores.faiss import MixedIndex
 
     text, image = coco
     index = MixedIndex(cal, "Flat")
-    index.add(text, "text", ids=np.arange(len(text)))
-    index.add(image, "image", ids=np.arange(len(text), 2 * len(text)))
+    index.add(text, modality="text", ids=np.arange(len(text)))
+    index.add(image, modality="image", ids=np.arange(len(text), 2 * len(text)))
     return index

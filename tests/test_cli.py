@@ -206,8 +206,8 @@ def test_index_build_add_search_end_to_end(pairs, tmp_path):
     assert out.returncode == 0, out.stderr
     results = json.loads(out.stdout)
     cal = GapCalibrator.load(cal_path)
-    scores = np.hstack([cal.similarity(image[250:253], text[250:], "image", "text"),
-                        cal.similarity(image[250:253], image[250:], "image", "image")])
+    scores = np.hstack([cal.similarity(image[250:253], text[250:], query_modality="image", item_modality="text"),
+                        cal.similarity(image[250:253], image[250:], query_modality="image", item_modality="image")])
     for q, entry in enumerate(results):
         expected = np.argsort(-scores[q], kind="stable")[:7]
         assert [hit["id"] for hit in entry["results"]] == expected.tolist()
@@ -222,7 +222,7 @@ def test_index_build_add_search_end_to_end(pairs, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["search", "{t}/missing", "--queries", "{p}/text.npy", "--query-modality", "text"], "missing"),
     (["search", "{t}/index", "--queries", "{p}/text.npy", "--query-modality", "text", "-k", "0"],
-     "k must be a positive integer, got 0"),
+     "k must be an integer >= 1, got 0"),
     (["search", "{t}/index", "--queries", "{p}/text.npy", "--query-modality", "text", "--nprobe", "4"],
      r"params\['nprobe'\] applies to IVF indexes, got a Flat index"),
     (["add", "{t}/index", "--vectors", "{p}/vector2d.npy", "--modality", "text"], "dimension d=512"),

@@ -140,9 +140,9 @@ def test_text_bad_input(tiny, texts, error, match):
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        ({"batch_size": 0}, ValueError, "batch_size must be a positive int, got 0"),
-        ({"batch_size": 2.5}, TypeError, "batch_size must be a positive int, got float"),
-        ({"batch_size": True}, TypeError, "batch_size must be a positive int, got bool"),
+        ({"batch_size": 0}, ValueError, "batch_size must be an integer >= 1, got 0"),
+        ({"batch_size": 2.5}, TypeError, "batch_size must be an integer, got 2.5"),
+        ({"batch_size": True}, TypeError, "batch_size must be an integer, got True"),
         ({"normalize": "yes"}, TypeError, "normalize must be True or False, got str"),
         ({"show_progress": 1}, TypeError, "show_progress must be None, True or False, got int"),
     ],
@@ -211,7 +211,7 @@ def test_image_on_error_skip_returns_ok_rows_and_mask(tiny, tmp_path):
         ([COCO_PATHS[0], 3], {}, TypeError,
          r"images\[1\] must be a file path, bytes, a PIL image or a numpy array; got int"),
         ([COCO_PATHS[0]], {"on_error": "ignore"}, ValueError, "on_error must be 'raise' or 'skip', got 'ignore'"),
-        ([COCO_PATHS[0]], {"num_workers": 0}, ValueError, "num_workers must be a positive int, got 0"),
+        ([COCO_PATHS[0]], {"num_workers": 0}, ValueError, "num_workers must be an integer >= 1, got 0"),
     ],
 )
 def test_image_bad_arguments(tiny, images, kwargs, error, match):
@@ -291,9 +291,9 @@ def test_folder_errors(tmp_path):
         OnnxClipEncoder(MASKED, precision="fp16")
     with pytest.raises(ValueError, match=r"precision must be one of \['fp16', 'fp32'\], got 'int8'"):
         OnnxClipEncoder(TINY, precision="int8")
-    with pytest.raises(ValueError, match="max_length must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="max_length must be an integer >= 1, got 0"):
         OnnxClipEncoder(TINY, max_length=0)
-    with pytest.raises(TypeError, match="threads must be a positive int, got str"):
+    with pytest.raises(TypeError, match="threads must be an integer, got '2'"):
         OnnxClipEncoder(TINY, threads="2")
 
 

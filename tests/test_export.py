@@ -326,9 +326,9 @@ def test_not_enough_disk(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("kwargs, error, message", [
     ({"precision": "int8"}, ValueError, r"precision must be one of 'fp32', 'fp16', got 'int8'"),
-    ({"opset": 9}, ValueError, r"opset must be >= 14 and <= 20, got 9"),
-    ({"opset": "17"}, TypeError, r"opset must be an int, got str '17'"),
-    ({"max_length": 0}, ValueError, r"max_length must be >= 1, got 0"),
+    ({"opset": 9}, ValueError, r"opset must be an integer >= 14 and <= 20, got 9"),
+    ({"opset": "17"}, TypeError, r"opset must be an integer, got '17'"),
+    ({"max_length": 0}, ValueError, r"max_length must be an integer >= 1, got 0"),
     ({"exporter": "tf2onnx"}, ValueError, r"exporter must be one of 'auto', 'optimum', 'torch', got 'tf2onnx'"),
     ({"overwrite": "yes"}, TypeError, r"overwrite must be True or False, got str 'yes'"),
 ])
@@ -392,7 +392,7 @@ def test_cli_export_overwrites(tmp_path, capsys):
 
 def test_cli_errors_are_value_errors(tmp_path):
     args = _parser().parse_args(["export", str(MASKED), str(tmp_path / "out"), "--opset", "9"])
-    with pytest.raises(ValueError, match="opset must be >= 14"):
+    with pytest.raises(ValueError, match="opset must be an integer >= 14"):
         args.func(args)
     with pytest.raises(SystemExit):
         _parser().parse_args(["export", str(MASKED), str(tmp_path / "out"), "--precision", "int8"])

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from gapcal.calibration import GapCalibrator
-from gapcal.index import MixedIndex
-from gapcal.index.mixed import _ReadWriteLock
+from gapcal.stores.faiss import MixedIndex
+from gapcal.stores.core import ReadWriteLock as _ReadWriteLock
 
 N = 500
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 def brute_force(cal, queries, query_modality, items):
     """Calibrated scores of every query against ``items`` = {modality: (vectors, ids)}, as (scores, ids)."""
-    scores = np.hstack([cal.similarity(queries, x, query_modality, m) for m, (x, _) in items.items()])
+    scores = np.hstack([cal.similarity(queries, x, query_modality=query_modality, item_modality=m) for m, (x, _) in items.items()])
     ids = np.concatenate([ids for _, ids in items.values()])
     return scores, ids
 
@@ -68,7 +68,7 @@ def test_flat_search_of_one_item_modality(cal, coco, flat_index):
 
 def test_calibration_mixes_modalities_where_raw_scores_do_not(flat_index, coco):
     text, _ = coco
-    shares = (flat_index.search(text[:100], k=10).modalities == "image").mean()
+    shares = (flat_index.search(text[:100], k=10, query_modality="text").modalities == "image").mean()
     raw = faiss.IndexFlatIP(512)
     raw.add(np.vstack(coco))
     _, raw_ids = raw.search(text[:100], 10)
@@ -78,22 +78,26 @@ def test_calibration_mixes_modalities_where_raw_scores_do_not(flat_index, coco):
 def test_fewer_items_than_k_are_padded(cal, coco):
     text, image = coco
     index = MixedIndex(cal, "HNSW32")
-    index.add(text[:3], "text")
-    index.add(image[:2], "image")
-    result = index.search(text[10:12], k=8)
+    index.add(text[:3], modality="text")
+    index.add(image[:2], modality="image")
+    result = index.search(text[10:12], k=8, query_modality="text")
     assert (result.ids[:, :5] >= 0).all() and (result.ids[:, 5:] == -1).all()
     assert np.isfinite(result.scores[:, :5]).all() and (result.scores[:, 5:] == -np.inf).all()
     assert (result.modalities[:, 5:] == "").all() and set(result.modalities[:, :5].ravel()) == {"text", "image"}
 
 
-def test_ids_given_or_continuing_after_the_largest(cal, coco):
+def test_ids_given_or_drawn_at_random_like_milvus_stores(cal, coco):
+    """One id policy for every store: given ids must be new; ids=None draws unused ids in [0, 2**62)."""
     text, image = coco
     index = MixedIndex(cal, "Flat")
-    np.testing.assert_array_equal(index.add(text[:3], "text"), [0, 1, 2])
-    np.testing.assert_array_equal(index.add(image[:2], "image", ids=[100, 50]), [100, 50])
-    np.testing.assert_array_equal(index.add(image[2:4], "image"), [101, 102])
+    drawn = index.add(text[:3], modality="text")
+    assert drawn.dtype == np.int64 and len(set(drawn)) == 3 and ((drawn >= 0) & (drawn < 2 ** 62)).all()
+    np.testing.assert_array_equal(index.add(image[:2], modality="image", ids=[100, 50]), [100, 50])
+    more = index.add(image[2:4], modality="image")
+    assert not set(more) & {100, 50, *drawn}
     assert len(index) == 7 and index.count("image") == 4
-    assert index.add(np.empty((0, 512)), "text").shape == (0,) and len(index) == 7
+    np.testing.assert_array_equal(np.sort(index.ids("image")), np.sort([100, 50, *more]))
+    assert index.add(np.empty((0, 512)), modality="text").shape == (0,) and len(index) == 7
 
 
 @pytest.mark.parametrize("spec, params", [("Flat", None), ("HNSW32", {"efSearch": 2 * N}), ("IVF16,Flat", {"nprobe": 16})])
@@ -101,30 +105,31 @@ def test_removed_items_are_never_returned(cal, coco, spec, params):
     text, image = coco
     index = ivf_index(cal, coco, spec) if spec.startswith("IVF") else MixedIndex(cal, spec)
     if not len(index):
-        index.add(text, "text", ids=np.arange(N))
-        index.add(image, "image", ids=np.arange(N, 2 * N))
+        index.add(text, modality="text", ids=np.arange(N))
+        index.add(image, modality="image", ids=np.arange(N, 2 * N))
     gone = np.concatenate([np.arange(0, N, 3), np.arange(N, 2 * N, 4)])
     assert index.remove(gone) == len(gone)
     assert len(index) == 2 * N - len(gone)
-    result = index.search(text[:40], k=2 * N, params=params)
+    result = index.search(text[:40], k=2 * N, params=params, query_modality="text")
     assert not np.isin(result.ids, gone).any()
     if spec != "HNSW32":  # exact: Flat, and IVF probing every list
         keep_t, keep_i = np.setdiff1d(np.arange(N), gone), np.setdiff1d(np.arange(N, 2 * N), gone)
         scores, ids = brute_force(cal, text[:40], "text", {"text": (text[keep_t], keep_t),
                                                            "image": (image[keep_i - N], keep_i)})
         k = len(ids)
-        result = index.search(text[:40], k=k, params=params)
+        result = index.search(text[:40], k=k, params=params, query_modality="text")
         assert_ranked_like(result, scores, ids, k)
 
 
 def test_hnsw_keeps_removed_ids_reserved(cal, coco):
     text, _ = coco
     index = MixedIndex(cal, "HNSW32")
-    index.add(text[:10], "text")
+    index.add(text[:10], modality="text", ids=np.arange(10))
     index.remove([3])
-    with pytest.raises(ValueError, match=r"ids must be new, got 1 already in the index .*\[3\]"):
-        index.add(text[3:4], "text", ids=[3])
-    np.testing.assert_array_equal(index.add(text[3:4], "text"), [10])
+    with pytest.raises(ValueError, match=r"ids must be new, got 1 already in use \(removed ids of an engine that "
+                                         r"cannot delete stay reserved\): \[3\]"):
+        index.add(text[3:4], modality="text", ids=[3])
+    assert 3 not in index.add(text[3:4], modality="text")
 
 
 @pytest.fixture(scope="module")
@@ -148,9 +153,9 @@ def test_approximate_recall_is_no_worse_than_bare_faiss(coco, held_out, spec, pa
     index = MixedIndex(cal, spec)
     for m, x in (("text", text[fit]), ("image", image[fit])):
         if not index.faiss_index(m).is_trained:
-            index.train(x, m)
-    index.add(text[fit], "text", ids=np.arange(400))
-    index.add(image[fit], "image", ids=np.arange(400, 800))
+            index.train(x, modality=m)
+    index.add(text[fit], modality="text", ids=np.arange(400))
+    index.add(image[fit], modality="image", ids=np.arange(400, 800))
     for m, queries in (("text", text[query]), ("image", image[query])):
         _, bare_ids = bare.search(queries, 10)
         raw_truth = np.argsort(-(queries @ raw.T), axis=1)[:, :10]
@@ -164,23 +169,23 @@ def test_approximate_recall_is_no_worse_than_bare_faiss(coco, held_out, spec, pa
 def test_search_settings_pass_through_to_faiss(cal, coco):
     text, image = coco
     index = MixedIndex(cal, "IVF16,Flat")
-    index.train(text, "text")
-    index.train(image, "image")
-    index.add(text, "text", ids=np.arange(N))
-    index.add(image, "image", ids=np.arange(N, 2 * N))
+    index.train(text, modality="text")
+    index.train(image, modality="image")
+    index.add(text, modality="text", ids=np.arange(N))
+    index.add(image, modality="image", ids=np.arange(N, 2 * N))
     scores, ids = brute_force(cal, text[:50], "text", {"text": (text, np.arange(N)), "image": (image, np.arange(N, 2 * N))})
-    assert_ranked_like(index.search(text[:50], k=10, params={"nprobe": 16}), scores, ids, 10)
+    assert_ranked_like(index.search(text[:50], k=10, params={"nprobe": 16}, query_modality="text"), scores, ids, 10)
     truth = ids[np.argsort(-scores, axis=1)[:, :10]]
-    assert recall(index.search(text[:50], k=10).ids, truth) < 0.9  # the index's own nprobe (1) otherwise
+    assert recall(index.search(text[:50], k=10, query_modality="text").ids, truth) < 0.9  # the index's own nprobe (1) otherwise
 
 
 def ivf_index(cal, coco, spec="IVF16,Flat"):
     text, image = coco
     index = MixedIndex(cal, spec)
-    index.train(text, "text")
-    index.train(image, "image")
-    index.add(text, "text", ids=np.arange(N))
-    index.add(image, "image", ids=np.arange(N, 2 * N))
+    index.train(text, modality="text")
+    index.train(image, modality="image")
+    index.add(text, modality="text", ids=np.arange(N))
+    index.add(image, modality="image", ids=np.arange(N, 2 * N))
     return index
 
 
@@ -201,7 +206,7 @@ def test_ivf_scans_nprobe_lists_in_total_like_bare_faiss(cal, coco):
     stats = faiss.cvar.indexIVF_stats
     for item_modality, nprobe in ((None, 3), (None, 16), ("image", 3)):
         stats.reset()
-        index.search(text[:50], k=10, item_modality=item_modality, params={"nprobe": nprobe})
+        index.search(text[:50], k=10, item_modality=item_modality, params={"nprobe": nprobe}, query_modality="text")
         assert stats.nq == 50 * (1 if item_modality else 2)
         assert stats.nlist == 50 * min(nprobe, 16 if item_modality is None else 8)
 
@@ -231,7 +236,7 @@ def test_ivf_lists_scan_as_faiss_scans_them(cal, coco, spec):
         result = index.search(image[:30], k=10, query_modality="image", item_modality=m, params={"nprobe": 4})
         sub = index.faiss_index(m)
         faiss.extract_index_ivf(sub).nprobe = 4
-        u = cal.transform_query(image[:30], "image", m)
+        u = cal.transform_query(image[:30], query_modality="image", item_modality=m)
         scores, ids = sub.search(np.pad(u, ((0, 0), (0, sub.d - u.shape[1]))), 10)  # zero columns up to its width
         np.testing.assert_array_equal(result.ids, ids)
         np.testing.assert_allclose(result.scores, cal.map_scores(scores, query_modality="image", item_modality=m),
@@ -241,13 +246,13 @@ def test_ivf_lists_scan_as_faiss_scans_them(cal, coco, spec):
 def test_trained_ivf_template_keeps_its_lists(cal, coco):
     text, image = coco
     template = faiss.index_factory(cal.output_dim_, "IVF8,Flat", faiss.METRIC_INNER_PRODUCT)
-    template.train(np.vstack([cal.transform(text, "text"), cal.transform(image, "image")]))
+    template.train(np.vstack([cal.transform(text, modality="text"), cal.transform(image, modality="image")]))
     index = MixedIndex(cal, template)
     assert ivf_nlists(index) == [8, 8]
-    index.add(text, "text", ids=np.arange(N))
-    index.add(image, "image", ids=np.arange(N, 2 * N))
+    index.add(text, modality="text", ids=np.arange(N))
+    index.add(image, modality="image", ids=np.arange(N, 2 * N))
     scores, ids = brute_force(cal, text[:40], "text", {"text": (text, np.arange(N)), "image": (image, np.arange(N, 2 * N))})
-    assert_ranked_like(index.search(text[:40], k=10, params={"nprobe": 16}), scores, ids, 10)
+    assert_ranked_like(index.search(text[:40], k=10, params={"nprobe": 16}, query_modality="text"), scores, ids, 10)
     assert all(spread > 0 for spread in index._backend.spread.values())  # measured on the first add
 
 
@@ -255,9 +260,9 @@ def test_pq_widths_are_padded_with_zero_columns(cal, coco):
     text, _ = coco
     index = MixedIndex(cal, "PQ64x4fs")
     assert index.faiss_index("text").d == 576 and cal.output_dim_ == 513
-    index.train(text, "text")
-    index.add(text, "text")
-    assert index.search(text[:5], k=3, item_modality="text").ids.shape == (5, 3)
+    index.train(text, modality="text")
+    index.add(text, modality="text")
+    assert index.search(text[:5], k=3, item_modality="text", query_modality="text").ids.shape == (5, 3)
 
 
 def test_faiss_index_object_as_template(cal, coco):
@@ -265,8 +270,8 @@ def test_faiss_index_object_as_template(cal, coco):
     template = faiss.IndexHNSWFlat(cal.output_dim_, 16, faiss.METRIC_INNER_PRODUCT)
     template.hnsw.efSearch = 64
     index = MixedIndex(cal, template)
-    index.add(text, "text")
-    index.add(image, "image")
+    index.add(text, modality="text")
+    index.add(image, modality="image")
     assert template.ntotal == 0 and index.spec == "HNSW16"
     assert index.faiss_index("image").ntotal == N
 
@@ -276,8 +281,8 @@ def test_concurrent_searches_equal_serial_ones(cal, coco, spec):
     text, image = coco
     index = ivf_index(cal, coco, spec) if spec.startswith("IVF") else MixedIndex(cal, spec)
     if not len(index):
-        index.add(text, "text")
-        index.add(image, "image")
+        index.add(text, modality="text")
+        index.add(image, modality="image")
     batches = [(text if j % 2 else image)[j * 20:(j + 1) * 20] for j in range(20)]
     modalities = ["text" if j % 2 else "image" for j in range(20)]
     serial = [index.search(b, k=15, query_modality=m) for b, m in zip(batches, modalities)]
@@ -293,12 +298,12 @@ def test_adds_and_removes_are_atomic_for_concurrent_searches(cal, coco):
     """Searches during add/remove see the index before or after each change, never in between."""
     text, image = coco
     index = MixedIndex(cal, "Flat")
-    index.add(text[:400], "text", ids=np.arange(400))
-    index.add(image[:400], "image", ids=np.arange(400, 800))
+    index.add(text[:400], modality="text", ids=np.arange(400))
+    index.add(image[:400], modality="image", ids=np.arange(400, 800))
     extra, extra_ids = text[400:], np.arange(1000, 1100)
     queries = image[400:420]
     without = index.search(queries, k=30, query_modality="image")
-    index.add(extra, "text", ids=extra_ids)
+    index.add(extra, modality="text", ids=extra_ids)
     with_extra = index.search(queries, k=30, query_modality="image")
     assert not np.array_equal(without.ids, with_extra.ids)
     stop, seen = threading.Event(), []
@@ -310,7 +315,7 @@ def test_adds_and_removes_are_atomic_for_concurrent_searches(cal, coco):
                 while len(seen) <= i and time.monotonic() < deadline:  # let searches in between the changes
                     time.sleep(0.001)
                 index.remove(extra_ids)
-                index.add(extra, "text", ids=extra_ids)
+                index.add(extra, modality="text", ids=extra_ids)
         finally:
             stop.set()
 
@@ -353,12 +358,12 @@ def test_refitted_calibrator_is_refused(coco):
     text, image = coco
     cal = GapCalibrator(mean_shift=False, projection="none").fit(text[:200], image[:200])
     index = MixedIndex(cal, "Flat")
-    index.add(text[:10], "text")
+    index.add(text[:10], modality="text")
     cal.partial_fit(text[200:300], image[200:300])
-    with pytest.raises(ValueError, match="calibrator was refitted after this index was built"):
-        index.search(text[:2])
+    with pytest.raises(ValueError, match="calibrator was refitted after this MixedIndex was made"):
+        index.search(text[:2], query_modality="text")
     with pytest.raises(ValueError, match="calibrator was refitted"):
-        index.add(text[:2], "text")
+        index.add(text[:2], modality="text")
 
 
 def test_an_option_changed_after_fit_is_refused_not_silently_used(coco):
@@ -366,8 +371,8 @@ def test_an_option_changed_after_fit_is_refused_not_silently_used(coco):
     text, image = coco
     cal = GapCalibrator(mean_shift=False, projection="none").fit(text[:200], image[:200])
     index = MixedIndex(cal, "Flat")
-    index.add(text[200:300], "text")
-    index.add(image[200:300], "image")
+    index.add(text[200:300], modality="text")
+    index.add(image[200:300], modality="image")
     before = index.search(text[:5], k=10, query_modality="text")
     cal.hubness = False
     with pytest.raises(ValueError, match="option hubness was changed from True to False after fitting"):
@@ -378,7 +383,7 @@ def test_an_option_changed_after_fit_is_refused_not_silently_used(coco):
 
 # ---------------------------------------------------------------------- bad input leaves everything as it was
 def _state(index, queries):
-    result = index.search(queries, k=5)
+    result = index.search(queries, k=5, query_modality="text")
     return len(index), result.ids.copy(), result.scores.copy()
 
 
@@ -389,37 +394,37 @@ def _assert_same(before, after):
 
 
 @pytest.mark.parametrize("call, error, match", [
-    (lambda ix, t: ix.add(t[:, :300], "text"), ValueError, r"vectors must have dimension d=512 .*got shape \(5, 300\)"),
-    (lambda ix, t: ix.add(t, "audio"), ValueError, r"modality must be one of \('text', 'image'\), got 'audio'"),
-    (lambda ix, t: ix.add(t, "text", ids=[0, 1000, 5, 3000, 3001]), ValueError, r"ids must be new, got 3 already in .*\[0, 1000, 5\]"),
-    (lambda ix, t: ix.add(t, "text", ids=[7, 7, 8, 9, 10]), ValueError, r"ids must not repeat an id, got repeats of \[7\]"),
-    (lambda ix, t: ix.add(t, "text", ids=[1000, 1001]), ValueError, r"ids must hold one id per vector \(5\), got 2"),
-    (lambda ix, t: ix.add(t, "text", ids=[-1, 1001, 1002, 1003, 1004]), ValueError, r"ids must be non-negative"),
-    (lambda ix, t: ix.add(t, "text", ids=np.linspace(0, 1, 5) + 2000), TypeError, r"ids must be an array of integer ids"),
-    (lambda ix, t: ix.add(np.where(np.arange(512) == 0, np.nan, t), "text"), ValueError, r"vectors must be finite"),
-    (lambda ix, t: ix.remove([1, 99999]), ValueError, r"ids must all be in the index, got 1 that are not: \[99999\]"),
+    (lambda ix, t: ix.add(t[:, :300], modality="text"), ValueError, r"vectors must have dimension d=512 .*got shape \(5, 300\)"),
+    (lambda ix, t: ix.add(t, modality="audio"), ValueError, r"modality must be one of \('text', 'image'\), got 'audio'"),
+    (lambda ix, t: ix.add(t, modality="text", ids=[0, 1000, 5, 3000, 3001]), ValueError, r"ids must be new, got 3 already in use .*\[0, 5, 1000\]"),
+    (lambda ix, t: ix.add(t, modality="text", ids=[7, 7, 8, 9, 10]), ValueError, r"ids must not repeat an id, got repeats of \[7\]"),
+    (lambda ix, t: ix.add(t, modality="text", ids=[1000, 1001]), ValueError, r"ids must hold one id per vector \(5\), got 2"),
+    (lambda ix, t: ix.add(t, modality="text", ids=[-1, 1001, 1002, 1003, 1004]), ValueError, r"ids must be non-negative"),
+    (lambda ix, t: ix.add(t, modality="text", ids=np.linspace(0, 1, 5) + 2000), TypeError, r"ids must be an array of integer ids"),
+    (lambda ix, t: ix.add(np.where(np.arange(512) == 0, np.nan, t), modality="text"), ValueError, r"vectors must be finite"),
+    (lambda ix, t: ix.remove([1, 99999]), ValueError, r"ids must all be in the MixedIndex, got 1 that are not: \[99999\]"),
     (lambda ix, t: ix.remove([1, 1]), ValueError, r"ids must not repeat an id"),
-    (lambda ix, t: ix.search(t, k=0), ValueError, r"k must be a positive integer, got 0"),
-    (lambda ix, t: ix.search(t, k=-3), ValueError, r"k must be a positive integer, got -3"),
-    (lambda ix, t: ix.search(t, k=2.5), TypeError, r"k must be a positive integer, got 2.5"),
-    (lambda ix, t: ix.search(t[:0]), ValueError, r"queries must hold at least one row, got shape \(0, 512\)"),
-    (lambda ix, t: ix.search(t[:, :10]), ValueError, r"queries must have dimension d=512"),
-    (lambda ix, t: ix.search(np.where(np.arange(len(t))[:, None] == 2, np.nan, t)), ValueError,
+    (lambda ix, t: ix.search(t, k=0, query_modality="text"), ValueError, r"k must be an integer >= 1, got 0"),
+    (lambda ix, t: ix.search(t, k=-3, query_modality="text"), ValueError, r"k must be an integer >= 1, got -3"),
+    (lambda ix, t: ix.search(t, k=2.5, query_modality="text"), TypeError, r"k must be an integer, got 2.5"),
+    (lambda ix, t: ix.search(t[:0], query_modality="text"), ValueError, r"queries must hold at least one row, got shape \(0, 512\)"),
+    (lambda ix, t: ix.search(t[:, :10], query_modality="text"), ValueError, r"queries must have dimension d=512"),
+    (lambda ix, t: ix.search(np.where(np.arange(len(t))[:, None] == 2, np.nan, t), query_modality="text"), ValueError,
      r"queries must be finite: rows \[2\] hold NaN"),
-    (lambda ix, t: ix.search(np.where(np.arange(len(t))[:, None] == 1, 0.0, t)), ValueError,
+    (lambda ix, t: ix.search(np.where(np.arange(len(t))[:, None] == 1, 0.0, t), query_modality="text"), ValueError,
      r"queries must not hold all-zero rows .*: rows \[1\]"),
     (lambda ix, t: ix.search(t, query_modality="video"), ValueError, r"query_modality must be one of"),
-    (lambda ix, t: ix.search(t, item_modality="txt"), ValueError, r"item_modality must be one of"),
-    (lambda ix, t: ix.search(t, params={"nprobe": 4}), ValueError, r"params\['nprobe'\] applies to IVF indexes, got a HNSW32"),
-    (lambda ix, t: ix.search(t, params={"ef": 4}), ValueError, r"params keys must be among \['efSearch', 'nprobe'\], got 'ef'"),
-    (lambda ix, t: ix.search(t, params={"efSearch": 0}), ValueError, r"params\['efSearch'\] must be a positive integer"),
-    (lambda ix, t: ix.train(t, "text"), ValueError, r"modality 'text': its faiss index \(HNSW32\) is already trained"),
+    (lambda ix, t: ix.search(t, item_modality="txt", query_modality="text"), ValueError, r"item_modality must be one of"),
+    (lambda ix, t: ix.search(t, params={"nprobe": 4}, query_modality="text"), ValueError, r"params\['nprobe'\] applies to IVF indexes, got a HNSW32"),
+    (lambda ix, t: ix.search(t, params={"ef": 4}, query_modality="text"), ValueError, r"params keys must be among \['efSearch', 'nprobe'\], got 'ef'"),
+    (lambda ix, t: ix.search(t, params={"efSearch": 0}, query_modality="text"), ValueError, r"params\['efSearch'\] must be a positive integer"),
+    (lambda ix, t: ix.train(t, modality="text"), ValueError, r"modality 'text': its faiss index \(HNSW32\) is already trained"),
 ])
 def test_bad_input_names_the_problem_and_changes_nothing(cal, coco, call, error, match):
     text, image = coco
     index = MixedIndex(cal, "HNSW32")
-    index.add(text[:100], "text", ids=np.arange(100))
-    index.add(image[:100], "image", ids=np.arange(1000, 1100))
+    index.add(text[:100], modality="text", ids=np.arange(100))
+    index.add(image[:100], modality="image", ids=np.arange(1000, 1100))
     index.remove([5])
     before = _state(index, text[200:203])
     with pytest.raises(error, match=match):
@@ -459,14 +464,14 @@ def test_untrained_index_asks_for_training(cal, coco):
     text, _ = coco
     index = MixedIndex(cal, "IVF16,Flat")
     with pytest.raises(ValueError, match=r"the text items' faiss index \(IVF16,Flat\) is not trained: call train"):
-        index.add(text[:20], "text")
+        index.add(text[:20], modality="text")
     with pytest.raises(ValueError, match=r"vectors could not train the text items' index \(IVF16,Flat\)"):
-        index.train(text[:5], "text")
+        index.train(text[:5], modality="text")
     assert len(index) == 0 and not index.faiss_index("text").is_trained
 
 
 def test_demo_rows_show_raw_own_medium_and_calibrated_mix(cal, coco):
-    from gapcal.index import demo_rows, format_demo_rows
+    from gapcal.stores.faiss import demo_rows, format_demo_rows
 
     rows = demo_rows(*coco, cal, query_rows=(0, 1, 2), k=5)
     assert [(r["modality"], r["row"]) for r in rows] == [(m, j) for m in ("text", "image") for j in (0, 1, 2)]
@@ -488,23 +493,23 @@ def test_an_untrained_modality_holds_nothing_to_find(cal, coco, spec):
     text, image = coco
     index = MixedIndex(cal, spec)
     assert (index.search(image[:3], k=4, query_modality="image").ids == -1).all()
-    index.train(text, "text")
-    index.add(text, "text", ids=np.arange(N))
+    index.train(text, modality="text")
+    index.add(text, modality="text", ids=np.arange(N))
     result = index.search(image[:20], k=5, query_modality="image", params={"nprobe": 8} if "IVF" in spec else None)
     assert (result.modalities == "text").all() and (result.ids < N).all() and np.isfinite(result.scores).all()
 
 
 def test_chunked_adds_store_every_vector(cal, coco, monkeypatch):
     """Adds larger than a chunk reserve room first, then append chunk by chunk: the same index as one add."""
-    import gapcal.index.mixed as mixed_module
+    import gapcal.stores.faiss.backends as mixed_module
 
     text, image = coco
     whole = MixedIndex(cal, "Flat")
-    whole.add(text, "text", ids=np.arange(N))
+    whole.add(text, modality="text", ids=np.arange(N))
     monkeypatch.setattr(mixed_module, "_CHUNK", 64)
     chunked = MixedIndex(cal, "Flat")
-    chunked.add(text[:10], "text", ids=np.arange(10))
-    chunked.add(text[10:], "text", ids=np.arange(10, N))
+    chunked.add(text[:10], modality="text", ids=np.arange(10))
+    chunked.add(text[10:], modality="text", ids=np.arange(10, N))
     a, b = (faiss.downcast_index(ix.faiss_index("text").index) for ix in (whole, chunked))
     assert a.ntotal == b.ntotal == N
     stored = [faiss.vector_to_array(ix.codes).view(np.float32).reshape(N, -1) for ix in (a, b)]

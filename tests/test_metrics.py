@@ -98,7 +98,7 @@ def test_same_modality_share_and_parity_on_raw_clip(coco):
 
 def test_bad_inputs(coco):
     text, image = coco
-    with pytest.raises(ValueError, match=r"same shape \(paired rows\), got \(500, 512\) and \(499, 512\)"):
+    with pytest.raises(ValueError, match=r"same number of rows \(row i of each is a pair\), got 500 and 499"):
         metrics.centroid_distance(text, image[:-1])
     with pytest.raises(ValueError, match="text must be finite"):
         metrics.relative_modality_gap(np.full((3, 2), np.nan), np.ones((3, 2)))

@@ -32,10 +32,10 @@ def test_scores_ignore_the_length_of_inputs_and_keep_order_inside_a_type(small_c
     queries = rng.standard_normal((rows, 12)).astype(np.float32)
     items = rng.standard_normal((15, 12)).astype(np.float32)
     for a, b in (("text", "image"), ("image", "image")):
-        s = small_cal.similarity(queries, items, a, b)
+        s = small_cal.similarity(queries, items, query_modality=a, item_modality=b)
         assert s.shape == (rows, 15) and np.isfinite(s).all()
-        np.testing.assert_allclose(small_cal.similarity(scale * queries, items / scale, a, b), s, atol=2e-3)
-        raw = small_cal.transform_query(queries, a, b) @ small_cal.transform(items, b).T
+        np.testing.assert_allclose(small_cal.similarity(scale * queries, items / scale, query_modality=a, item_modality=b), s, atol=2e-3)
+        raw = small_cal.transform_query(queries, query_modality=a, item_modality=b) @ small_cal.transform(items, modality=b).T
         for r, row in zip(raw, s):
             order = np.argsort(r, kind="stable")
             assert np.all(np.diff(row[order]) >= -1e-4)
@@ -51,7 +51,7 @@ def test_group_labels_mean_only_which_pairs_share_a_group(seed, as_strings):
     renamed = renamed.astype(str) if as_strings else renamed
     a = GapCalibrator(sample_size=48, mean_shift=False, projection="none").fit(text, image, groups=labels)
     b = GapCalibrator(sample_size=48, mean_shift=False, projection="none").fit(text, image, groups=renamed)
-    np.testing.assert_allclose(a.similarity(text[:5], image[:5]), b.similarity(text[:5], image[:5]), atol=1e-5)
+    np.testing.assert_allclose(a.similarity(text[:5], image[:5], query_modality="text", item_modality="image"), b.similarity(text[:5], image[:5], query_modality="text", item_modality="image"), atol=1e-5)
     codes = check_groups(renamed, 48)
     assert (codes[:, None] == codes[None, :]).tolist() == (labels[:, None] == labels[None, :]).tolist()
 
@@ -110,6 +110,6 @@ def test_fit_on_any_grouped_data_scores_or_says_why_not(seed, n, d, n_groups, re
         assert "at least 3 groups" in str(exc)
         return
     for a, b in (("text", "image"), ("image", "text"), ("text", "text"), ("image", "image")):
-        s = cal.similarity(text[:5], image[:4] if b == "image" else text[:4], a, b)
+        s = cal.similarity(text[:5], image[:4] if b == "image" else text[:4], query_modality=a, item_modality=b)
         assert s.shape == (5, 4) and np.isfinite(s).all()
     assert cal.summary().startswith(f"GapCalibrator fitted on {n} pairs")

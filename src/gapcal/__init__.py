@@ -16,8 +16,8 @@ __all__ = ["GapCalibrator", "NotFittedError", "MixedIndex", "MilvusStore", "Onnx
 
 _LAZY = {
     "OnnxClipEncoder": "gapcal.encoders",
-    "MixedIndex": "gapcal.index",
-    "MilvusStore": "gapcal.stores",
+    "MixedIndex": "gapcal.stores.faiss",
+    "MilvusStore": "gapcal.stores.milvus",
 }
 
 

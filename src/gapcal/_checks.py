@@ -109,11 +109,24 @@ def unit_rows(name: str, x, row_offset: int = 0, out: np.ndarray | None = None) 
     return target
 
 
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (in place when ``x`` is writable float, which callers own)."""
+def l2_normalize(x: np.ndarray, floor: float = 0.0) -> np.ndarray:
+    """Rows of an array the caller owns scaled to unit length, in place (no checks: for vectors gapcal
+    computed itself; ``unit_rows`` checks user input). ``floor`` bounds the norms divided by from below."""
     norms = np.sqrt(np.einsum("ij,ij->i", x, x))
-    x /= norms[:, None]
+    x /= np.maximum(norms, floor)[:, None] if floor else norms[:, None]
     return x
+
+
+def check_pairs(text, image, *, dtype=np.float32):
+    """Validated paired arrays (row i of each is a pair), C-contiguous in ``dtype`` (None: as given)."""
+    t = as_matrix("text", text, dtype=dtype, allow_empty=False, check_rows=dtype is not None)
+    i = as_matrix("image", image, dtype=dtype, allow_empty=False, check_rows=dtype is not None)
+    if len(t) != len(i):
+        raise ValueError(f"text and image must have the same number of rows (row i of each is a pair), got "
+                         f"{len(t)} and {len(i)}")
+    if t.shape[1] != i.shape[1]:
+        raise ValueError(f"text and image must have the same dimension, got {t.shape[1]} and {i.shape[1]}")
+    return t, i
 
 
 def check_groups(groups, n: int) -> np.ndarray | None:
@@ -129,3 +142,21 @@ def check_groups(groups, n: int) -> np.ndarray | None:
         raise TypeError(f"groups must hold integer or string labels, got dtype {arr.dtype}")
     _, first, codes = np.unique(arr, return_index=True, return_inverse=True)
     return np.argsort(np.argsort(first))[codes.ravel()].astype(np.int64)
+
+
+def check_int(name: str, value, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """``value`` as an int if it is an integer (not a bool) within [minimum, maximum], else a clear error."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        low = "" if minimum is None else f" >= {minimum}"
+        high = "" if maximum is None else f" <= {maximum}"
+        raise ValueError(f"{name} must be an integer{low}{' and' if low and high else ''}{high}, got {value}")
+    return int(value)
+
+
+def check_rows(name: str, x, chunk: int = 65536) -> None:
+    """Raise, naming the rows, if any row of ``x`` is not finite or is all zero (chunk by chunk, no copy kept)."""
+    buffer = np.empty((min(chunk, len(x)), x.shape[1]), dtype=np.float32)
+    for start in range(0, len(x), chunk):
+        unit_rows(name, x[start:start + chunk], start, buffer)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import MODALITIES, NotFittedError, as_matrix, check_modality, l2_normalize
+from ._checks import MODALITIES, NotFittedError, as_matrix, check_modality, check_pairs, l2_normalize
 
 _TYPES = (("text", "text"), ("text", "image"), ("image", "text"), ("image", "image"))
 
@@ -30,15 +30,12 @@ class RawCosine:
         return self
 
     def _check_pairs(self, text, image):
-        t, i = as_matrix("text", text, allow_empty=False), as_matrix("image", image, allow_empty=False)
-        if t.shape != i.shape:
-            raise ValueError(f"text and image must have the same shape (paired rows), got {t.shape} and {i.shape}")
-        return t, i
+        return check_pairs(text, image)
 
     def _map(self, x, modality):
         return x
 
-    def embed(self, x, modality="text") -> np.ndarray:
+    def embed(self, x, *, modality) -> np.ndarray:
         """Unit vectors after this baseline's per-modality correction."""
         check_modality("modality", modality)
         if not hasattr(self, "dim_"):
@@ -46,8 +43,8 @@ class RawCosine:
         x = as_matrix("x", x, dim=self.dim_).copy()
         return l2_normalize(self._map(l2_normalize(x), modality))
 
-    def similarity(self, queries, items, query_modality="text", item_modality="image") -> np.ndarray:
-        return self.embed(queries, query_modality) @ self.embed(items, item_modality).T
+    def similarity(self, queries, items, *, query_modality, item_modality) -> np.ndarray:
+        return self.embed(queries, modality=query_modality) @ self.embed(items, modality=item_modality).T
 
 
 class GRClip(RawCosine):
@@ -93,6 +90,7 @@ class PerTypeZ(RawCosine):
                       for t in _TYPES}
         return self
 
-    def similarity(self, queries, items, query_modality="text", item_modality="image") -> np.ndarray:
+    def similarity(self, queries, items, *, query_modality, item_modality) -> np.ndarray:
         mean, std = self.null_[(query_modality, item_modality)]
-        return (super().similarity(queries, items, query_modality, item_modality) - mean) / std
+        raw = super().similarity(queries, items, query_modality=query_modality, item_modality=item_modality)
+        return (raw - mean) / std

@@ -100,7 +100,7 @@ def _demo(args) -> int:
     print("own-medium@10: share of the query's own modality in its top 10 (raw CLIP: 1.0). dup parity: how often a")
     print("near-duplicate of the query's own modality outranks the same pair's other-modality item (0.5 = fair).")
     try:
-        from .index import demo_rows, format_demo_rows
+        from .stores.faiss import demo_rows, format_demo_rows
     except ImportError:
         print("\n(install gapcal[faiss] to see mixed-index search results)")
     else:
@@ -170,22 +170,25 @@ def _embed(args) -> int:
 
 def _open_index(path):
     try:
-        from .index import MixedIndex
+        from .stores.faiss import MixedIndex
     except ImportError as exc:
         raise UserError(f"gapcal index needs the FAISS extra: pip install 'gapcal[faiss]' ({exc})") from None
     return MixedIndex.load(path)
 
 
 def _add_vectors(index, vectors, modality) -> np.ndarray:
-    """Train the modality's faiss index on these vectors if it needs training, then add them."""
-    if not index.faiss_index(modality).is_trained:
-        index.train(vectors, modality)
-    return index.add(vectors, modality)
+    """Train the modality's faiss index on these vectors if it needs training, then add them with the next
+    ids after the largest in the index (row numbers for a new one: easy to look up in the input files)."""
+    if not index.is_trained(modality):
+        index.train(vectors, modality=modality)
+    known = np.concatenate([index.ids("text"), index.ids("image")])
+    start = int(known.max()) + 1 if len(known) else 0
+    return index.add(vectors, modality=modality, ids=np.arange(start, start + len(vectors)))
 
 
 def _index_build(args) -> int:
     try:
-        from .index import MixedIndex
+        from .stores.faiss import MixedIndex
     except ImportError as exc:
         raise UserError(f"gapcal index needs the FAISS extra: pip install 'gapcal[faiss]' ({exc})") from None
     cal = _load_calibrator(args.calibrator)
@@ -213,12 +216,11 @@ def _index_search(args) -> int:
     import json
 
     index = _open_index(args.index)
-    params = {name: value for name, value in (("nprobe", args.nprobe), ("efSearch", args.ef_search)) if value}
+    params = {name: value for name, value in (("nprobe", args.nprobe), ("efSearch", args.ef_search))
+              if value is not None}
     result = index.search(load_array(args.queries, "queries"), k=args.k, query_modality=args.query_modality,
                           item_modality=args.item_modality, params=params or None)
-    rows = [[{"rank": rank + 1, "id": int(i), "modality": str(m), "score": float(s)}
-             for rank, (i, m, s) in enumerate(zip(ids, mods, scores)) if i >= 0]
-            for ids, mods, scores in zip(result.ids, result.modalities, result.scores)]
+    rows = result.to_list()
     if args.json:
         print(json.dumps([{"query": q, "results": r} for q, r in enumerate(rows)]))
         return 0

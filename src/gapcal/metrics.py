@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._checks import as_matrix
+from ._checks import check_pairs, l2_normalize
 
 
 class ScoreBlocks(NamedTuple):
@@ -25,20 +25,14 @@ class ScoreBlocks(NamedTuple):
 def score_blocks(scorer, text, image) -> ScoreBlocks:
     """All four (query modality, item modality) score matrices of ``scorer.similarity`` on n pairs."""
     data = {"text": text, "image": image}
-    return ScoreBlocks(*(np.asarray(scorer.similarity(data[a], data[b], a, b), dtype=np.float64)
+    return ScoreBlocks(*(np.asarray(scorer.similarity(data[a], data[b], query_modality=a, item_modality=b),
+                                    dtype=np.float64)
                          for a, b in (("text", "text"), ("text", "image"), ("image", "text"), ("image", "image"))))
 
 
-def _unit(name, x):
-    x = as_matrix(name, x, dtype=np.float64, allow_empty=False)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
 def _check_pairs(text, image):
-    t, i = _unit("text", text), _unit("image", image)
-    if t.shape != i.shape:
-        raise ValueError(f"text and image must have the same shape (paired rows), got {t.shape} and {i.shape}")
-    return t, i
+    t, i = check_pairs(text, image, dtype=np.float64)
+    return l2_normalize(t), l2_normalize(i)
 
 
 # ---------------------------------------------------------------- geometry of the gap

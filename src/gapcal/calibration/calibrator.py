@@ -8,7 +8,7 @@ import threading
 
 import numpy as np
 
-from .._checks import MODALITIES, NotFittedError, as_matrix, check_groups, check_modality, unit_rows
+from .._checks import MODALITIES, NotFittedError, as_matrix, check_groups, check_modality, check_pairs, unit_rows
 from .._groups import components, label_edges, near_copy_edges, row_ids
 from . import model as model_lib
 from .model import TYPES, Reference, positive_sources, ridge_name
@@ -179,22 +179,10 @@ class GapCalibrator:
     def _accumulate(self, stats, text, image, groups) -> PairStatistics:
         """New statistics with these pairs added, chunk by chunk; ``stats`` itself is never modified,
         so a bad row anywhere leaves the calibrator as it was."""
-        text_arr = text if isinstance(text, np.ndarray) else np.asarray(text)
-        image_arr = image if isinstance(image, np.ndarray) else np.asarray(image)
-        as_matrix("text", text_arr, dtype=None, allow_empty=True)
-        as_matrix("image", image_arr, dtype=None, allow_empty=True)
-        if text_arr.shape[0] != image_arr.shape[0]:
-            raise ValueError("text and image must have the same number of rows (row i of each is a pair), "
-                             f"got {text_arr.shape[0]} and {image_arr.shape[0]}")
-        if text_arr.shape[1] != image_arr.shape[1]:
-            raise ValueError(f"text and image must have the same dimension, got {text_arr.shape[1]} "
-                             f"and {image_arr.shape[1]}")
+        text_arr, image_arr = check_pairs(text, image, dtype=None)  # rows are checked chunk by chunk below
         if stats is not None and text_arr.shape[1] != stats.dim:
             raise ValueError(f"text and image must have dimension d={stats.dim} (the fitted dimension), "
                              f"got {text_arr.shape[1]}")
-        if text_arr.shape[0] == 0 or text_arr.shape[1] == 0:
-            raise ValueError("text and image must hold at least one pair of non-empty rows, got shape "
-                             f"{text_arr.shape}")
         group_hash = None
         if groups is not None:
             check_groups(groups, len(text_arr))
@@ -329,19 +317,19 @@ class GapCalibrator:
         fitted = self._fitted()
         return unit_rows(name, as_matrix(name, x, dim=fitted.dim, dtype=None)), fitted
 
-    def projection_matrix(self, modality="text"):
+    def projection_matrix(self, *, modality):
         """The fitted map of this modality's (unit, mean-shifted) rows, a (d, d) array used as ``x @ P``,
         or None where the projection stage is off. Lets callers move the linear part to the query side."""
         check_modality("modality", modality)
         return self._fitted().proj[modality]
 
-    def embed(self, x, modality="text") -> np.ndarray:
+    def embed(self, x, *, modality) -> np.ndarray:
         """Unit vectors after the fitted mean shift and projection, before scoring (for geometry and plots)."""
         check_modality("modality", modality)
         units, fitted = self._prepared("x", x)
         return fitted.embed(units, modality)
 
-    def transform(self, x, modality="text") -> np.ndarray:
+    def transform(self, x, *, modality) -> np.ndarray:
         """Item vectors to store in an index: float32 (n, output_dim_).
 
         ``map_scores`` of their inner products with ``transform_query`` vectors gives ``similarity``.
@@ -350,12 +338,12 @@ class GapCalibrator:
         units, fitted = self._prepared("x", x)
         return fitted.item_vectors(fitted.embed(units, modality), modality)
 
-    def transform_query(self, queries, query_modality="text", item_modality="image") -> np.ndarray:
+    def transform_query(self, queries, *, query_modality, item_modality) -> np.ndarray:
         """Query vectors for searching items of ``item_modality``: float32 (n, output_dim_)."""
         check_modality("item_modality", item_modality)
-        return self.transform_queries(queries, query_modality, (item_modality,))[0]
+        return self.transform_queries(queries, query_modality=query_modality, item_modalities=(item_modality,))[0]
 
-    def transform_queries(self, queries, query_modality="text", item_modalities=MODALITIES) -> list:
+    def transform_queries(self, queries, *, query_modality, item_modalities=MODALITIES) -> list:
         """``transform_query`` for each of ``item_modalities``, validating and embedding the queries once
         (a mixed search needs one query vector per item modality)."""
         check_modality("query_modality", query_modality)
@@ -379,10 +367,10 @@ class GapCalibrator:
         check_modality("item_modality", item_modality)
         return self._fitted().maps[(query_modality, item_modality)]
 
-    def similarity(self, queries, items, query_modality="text", item_modality="image") -> np.ndarray:
+    def similarity(self, queries, items, *, query_modality, item_modality) -> np.ndarray:
         """Calibrated scores (nq, ni), comparable across item modalities for one query (see class doc)."""
-        u = self.transform_query(queries, query_modality, item_modality)
-        v = self.transform(items, item_modality)
+        u = self.transform_query(queries, query_modality=query_modality, item_modality=item_modality)
+        v = self.transform(items, modality=item_modality)
         return self.map_scores(u @ v.T, query_modality=query_modality, item_modality=item_modality)
 
     # ------------------------------------------------------------------ reporting and persistence

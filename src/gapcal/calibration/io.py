@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
 from .._files import atomic_write
+from .._format import check_header, new_header
 
 FORMAT = "gapcal.GapCalibrator"
 FORMAT_VERSION = 2
@@ -17,8 +17,7 @@ FORMAT_VERSION = 2
 
 def save_calibrator(path, params: dict, fitted: dict | None, arrays: dict) -> None:
     """Options always; ``fitted`` (header fields of the fitted state) and its arrays when there is one."""
-    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "gapcal_version": __version__,
-              "params": params, "fitted": fitted is not None, **(fitted or {})}
+    header = new_header(FORMAT, FORMAT_VERSION, params=params, fitted=fitted is not None, **(fitted or {}))
     out = {k: np.asarray(v) for k, v in arrays.items()}
     out["header"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
     atomic_write(path, lambda fh: np.savez(fh, **out))
@@ -43,16 +42,8 @@ def load_calibrator(path):
         header = json.loads(arrays.pop("header").tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{where} has a corrupt header: {exc}") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        found = header.get("format") if isinstance(header, dict) else None
-        raise ValueError(f"{where} is not a gapcal calibrator file (format {found!r})")
-    version = header.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ValueError(f"{where} uses calibrator format version {version!r}; this gapcal "
-                         f"({__version__}) reads versions up to {FORMAT_VERSION}: upgrade gapcal")
-    if version < FORMAT_VERSION:
-        raise ValueError(f"{where} uses calibrator format version {version} (gapcal 0.1, z-score maps); this gapcal "
-                         f"({__version__}) scores differently: fit the calibrator again")
+    check_header(header, format=FORMAT, version=FORMAT_VERSION, oldest=FORMAT_VERSION, where=where,
+                 what="gapcal calibrator file", remedy="its scores were z-scores; fit the calibrator again")
     params = header.get("params")
     if not isinstance(params, dict):
         raise ValueError(f"{where} has a corrupt header: no options")

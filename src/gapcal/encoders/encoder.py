@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from .._checks import check_int, l2_normalize
 from . import hub
 from .images import ImageDecodeError, ImagePreprocessor, describe, load_image
 from .session import OrtSession, resolve_providers
@@ -58,9 +59,9 @@ class OnnxClipEncoder:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         if max_length is not None:
-            _check_positive_int("max_length", max_length)
+            check_int("max_length", max_length, minimum=1)
         if threads is not None:
-            _check_positive_int("threads", threads)
+            check_int("threads", threads, minimum=1)
         resolve_providers(providers)  # reject bad values now, not at the first encode
         self.files = ModelFiles.locate(model_dir, precision)
         self.precision = precision
@@ -154,7 +155,7 @@ class OnnxClipEncoder:
         for index, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"texts[{index}] must be a str, got {type(text).__name__}: {text!r:.80}")
-        _check_positive_int("batch_size", batch_size)
+        check_int("batch_size", batch_size, minimum=1)
         _check_flags(normalize=normalize, show_progress=show_progress)
         session, spec, batcher = self._load_text()
         if not texts:
@@ -171,7 +172,7 @@ class OnnxClipEncoder:
                     out = np.empty((len(texts), embeddings.shape[1]), dtype=np.float32)
                 out[positions] = embeddings
                 bar.update(len(positions))
-        return _l2_normalized(out) if normalize else out
+        return l2_normalize(np.array(out, dtype=np.float32), floor=1e-12) if normalize else out
 
     def encode_image(self, images: Iterable, batch_size: int = 32, normalize: bool = True,
                      show_progress: bool | None = None, on_error: str = "raise",
@@ -195,13 +196,13 @@ class OnnxClipEncoder:
             )
         if not isinstance(images, Iterable):
             raise TypeError(f"images must be a list (or other iterable) of images, got {type(images).__name__}")
-        _check_positive_int("batch_size", batch_size)
+        check_int("batch_size", batch_size, minimum=1)
         _check_flags(normalize=normalize, show_progress=show_progress)
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if num_workers is None:
             num_workers = min(8, os.cpu_count() or 1)
-        _check_positive_int("num_workers", num_workers)
+        check_int("num_workers", num_workers, minimum=1)
         session, spec, preprocess = self._load_vision()
 
         chunks, ok = [], []
@@ -228,7 +229,7 @@ class OnnxClipEncoder:
             size = spec.output.shape[-1]
             embeddings = np.zeros((0, size if isinstance(size, int) else self.dim), dtype=np.float32)
         if normalize:
-            embeddings = _l2_normalized(embeddings)
+            embeddings = l2_normalize(np.array(embeddings, dtype=np.float32), floor=1e-12)
         return (embeddings, np.array(ok, dtype=bool)) if on_error == "skip" else embeddings
 
 
@@ -266,22 +267,10 @@ def _decode(index: int, item, preprocess: ImagePreprocessor):
         return failure
 
 
-def _l2_normalized(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.ascontiguousarray(x / np.maximum(norms, np.float32(1e-12)), dtype=np.float32)
-
-
 def _progress(show: bool | None, total: int | None, unit: str):
     if show is None:
         show = sys.stderr is not None and sys.stderr.isatty()
     return tqdm(total=total, unit=unit, disable=not show, desc=f"encoding {unit}s")
-
-
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value}")
 
 
 def _check_flags(*, normalize, show_progress) -> None:

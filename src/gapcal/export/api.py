@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._checks import check_int
 from ..encoders.images import ImagePreprocessor
 from ..encoders.spec import PRECISIONS
 from ..encoders.text import TextBatcher, read_tokenizer_config
@@ -67,9 +68,10 @@ def export_model(source: str | Path, out_dir: str | Path, *, precision: str = "f
     """
     _check_choice("precision", precision, tuple(PRECISIONS))
     _check_choice("exporter", exporter, EXPORTERS)
-    opset = DEFAULT_OPSET if opset is None else _check_int("opset", opset, OPSETS)
+    opset = DEFAULT_OPSET if opset is None else check_int("opset", opset, minimum=OPSETS.start,
+                                                          maximum=OPSETS.stop - 1)
     if max_length is not None:
-        _check_int("max_length", max_length, range(1, 1 << 31))
+        check_int("max_length", max_length, minimum=1)
     for name, flag in (("overwrite", overwrite), ("trust_remote_code", trust_remote_code)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be True or False, got {type(flag).__name__} {flag!r}")
@@ -169,15 +171,6 @@ def export_model(source: str | Path, out_dir: str | Path, *, precision: str = "f
 def _check_choice(name: str, value, choices: tuple) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-
-
-def _check_int(name: str, value, allowed: range) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value not in allowed:
-        top = "" if allowed.stop >= 1 << 31 else f" and <= {allowed.stop - 1}"
-        raise ValueError(f"{name} must be >= {allowed.start}{top}, got {value}")
-    return value
 
 
 def _check_out_dir(out_dir, overwrite: bool) -> Path:

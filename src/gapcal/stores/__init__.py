@@ -1,10 +1,20 @@
-"""Calibrated mixed-modality search inside vector databases (needs the ``milvus`` extra).
+"""Calibrated stores: raw text and image embeddings in, one list ranked by calibrated score out.
 
-``MilvusStore`` gives a Milvus collection (Milvus Lite on a local file, Standalone or Distributed on a
-server) the ``MixedIndex`` contract: raw embeddings in, one list ranked by a ``GapCalibrator``'s
-comparable score out. Importing ``gapcal`` alone never imports pymilvus; importing this package does.
+``core`` (numpy only) holds what every store shares; engines plug in below it:
+``gapcal.stores.faiss.MixedIndex`` (extra ``faiss``) and ``gapcal.stores.milvus.MilvusStore`` (extra
+``milvus``). Importing this package imports neither engine; the names below load them on first use.
 """
 
-from .milvus import MilvusStore, StoreResult
+from importlib import import_module
 
-__all__ = ["MilvusStore", "StoreResult"]
+from .core import CalibratedStore, Hit, SearchResult
+
+__all__ = ["CalibratedStore", "Hit", "SearchResult", "MixedIndex", "MilvusStore"]
+
+_ENGINES = {"MixedIndex": "gapcal.stores.faiss", "MilvusStore": "gapcal.stores.milvus"}
+
+
+def __getattr__(name):
+    if name in _ENGINES:
+        return getattr(import_module(_ENGINES[name]), name)
+    raise AttributeError(f"module 'gapcal.stores' has no attribute {name!r}")

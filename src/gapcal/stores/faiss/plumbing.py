@@ -1,7 +1,7 @@
 """FAISS plumbing for MixedIndex: building sub-indexes, per-call search parameters, stored ids.
 
-Everything that knows faiss class names lives here, so the index logic in ``mixed.py`` reads as
-numpy plus a handful of calls.
+Everything that knows faiss class names lives here, so ``index.py`` and ``backends.py`` read as numpy
+plus a handful of calls.
 """
 
 from __future__ import annotations
@@ -301,3 +301,17 @@ class Reconstructor:
         except RuntimeError as exc:
             raise ValueError(f"the wrapped index ({describe(self._index)}) cannot give back its vectors by id, "
                              f"which re-scoring needs: {faiss_message(exc)}") from None
+
+
+def settings_of(params) -> dict:
+    """The settings a faiss SearchParameters object carries, as MixedIndex's ``params`` dict."""
+    if getattr(params, "sel", None) is not None:
+        raise ValueError("params must not carry an ID selector: MixedIndex searches each modality through its own")
+    if isinstance(params, faiss.SearchParametersPreTransform):
+        return settings_of(params.index_params)
+    if isinstance(params, faiss.SearchParametersHNSW):
+        return {"efSearch": int(params.efSearch)}
+    if isinstance(params, faiss.SearchParametersIVF):
+        return {"nprobe": int(params.nprobe)}
+    raise TypeError(f"params must be a faiss.SearchParametersHNSW or SearchParametersIVF (or a dict), got "
+                    f"{type(params).__name__}")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-from .._checks import MODALITIES, as_matrix, l2_normalize
-from .mixed import MixedIndex
+from ..._checks import MODALITIES, check_pairs, l2_normalize
+from .index import MixedIndex
 
 
 def demo_rows(text, image, calibrator, query_rows=(0, 1, 2), k=5) -> list:
@@ -16,11 +16,7 @@ def demo_rows(text, image, calibrator, query_rows=(0, 1, 2), k=5) -> list:
     once as an image; the query's own item is left out of its results. Returns one dict per query:
     ``{"modality", "row", "before", "after"}``, each ranking a list of ``(modality, row, score, is_pair)``.
     """
-    text = as_matrix("text", text, allow_empty=False)
-    image = as_matrix("image", image, dim=text.shape[1], allow_empty=False)
-    if len(text) != len(image):
-        raise ValueError(f"text and image must have the same number of rows (row i of each is a pair), "
-                         f"got {len(text)} and {len(image)}")
+    text, image = check_pairs(text, image)
     n = len(text)
     rows = np.asarray(query_rows)
     if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer) or ((rows < 0) | (rows >= n)).any():
@@ -29,8 +25,8 @@ def demo_rows(text, image, calibrator, query_rows=(0, 1, 2), k=5) -> list:
     raw = faiss.IndexFlatIP(text.shape[1])
     raw.add(l2_normalize(np.concatenate([text, image])))
     calibrated = MixedIndex(calibrator, "Flat")
-    calibrated.add(text, "text", ids=np.arange(n))
-    calibrated.add(image, "image", ids=np.arange(n, 2 * n))
+    calibrated.add(text, modality="text", ids=np.arange(n))
+    calibrated.add(image, modality="image", ids=np.arange(n, 2 * n))
 
     def ranking(ids, scores, query_modality, row):
         out = []
