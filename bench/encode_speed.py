@@ -1,7 +1,8 @@
 """Encoding speed: OnnxClipEncoder (ONNX Runtime) against PyTorch eager on a real-size CLIP, same run.
 
 Builds a random-weight CLIP of CLIP ViT-B/16's size (vision 768 x 12 layers, patch 16, 224 px; text
-512 x 12 layers) with models/build_tiny_clip.py into a temporary folder (never committed), then measures:
+512 x 12 layers) with models/build_tiny_clip.py and exports it with the project's exporter (``gapcal export``,
+fp32, and fp16 for the GPU part) into a temporary folder (never committed), then measures:
 
 * CPU (``--threads`` cores, default 2), fp32: images/s, and texts/s at 16 and 77 tokens, for
   OnnxClipEncoder (ORT_ENABLE_ALL, intra-op threads = cores) and PyTorch eager (same threads).
@@ -51,7 +52,8 @@ def _load_builder():
 
 
 def build_vit_b16(out: Path, fp16: bool):
-    """Export a random CLIP of ViT-B/16's size to ``out``; return the PyTorch model and the tokenizer."""
+    """Export a random CLIP of ViT-B/16's size with ``gapcal export`` to ``out/fp32`` (and ``out/fp16``);
+    return the PyTorch model and the tokenizer."""
     builder = _load_builder()
     tokenizer = builder.build_tokenizer(model_max_length=77)
     model = builder.build_model(
@@ -60,7 +62,9 @@ def build_vit_b16(out: Path, fp16: bool):
         vision_hidden=768, vision_layers=12, vision_heads=12, image_size=224, patch_size=16,
         projection_dim=512, mlp_ratio=4,
     )
-    builder.export_folder(model, tokenizer, out, preprocessor="jina", fp16=fp16, save_weights=False)
+    builder.export_with_gapcal(model, tokenizer, out / "fp32")
+    if fp16:
+        builder.export_with_gapcal(model, tokenizer, out / "fp16", precision="fp16")
     return model, tokenizer
 
 
@@ -148,7 +152,7 @@ def bench(args) -> None:
         print(f"built and exported a random CLIP ViT-B/16-size model in {time.perf_counter() - start:.0f} s")
         texts = {n: texts_of(tokenizer, n, args.texts) for n in (16, 77)}
 
-        encoder = OnnxClipEncoder(tmp, providers="cpu", threads=threads)
+        encoder = OnnxClipEncoder(Path(tmp) / "fp32", providers="cpu", threads=threads)
         preprocess = ImagePreprocessor.from_config(json.loads(encoder.files.preprocessor_config.read_text()))
         pixels = torch.from_numpy(np.stack([preprocess(load_image(a)) for a in images]))
         rows = []
@@ -175,8 +179,8 @@ def bench(args) -> None:
             return
 
         # GPU: graph runs on ready inputs for both (inputs copied in and outputs copied out for ORT only)
-        vision = OrtSession(Path(tmp) / "onnx" / "vision_model_fp16.onnx", "cuda")
-        text = OrtSession(Path(tmp) / "onnx" / "text_model_fp16.onnx", "cuda")
+        vision = OrtSession(Path(tmp) / "fp16" / "onnx" / "vision_model_fp16.onnx", "cuda")
+        text = OrtSession(Path(tmp) / "fp16" / "onnx" / "text_model_fp16.onnx", "cuda")
         vision_spec = VisionGraphSpec.from_session(vision.session, vision.path)
         text_spec = TextGraphSpec.from_session(text.session, text.path)
         torch_cuda = torch.cuda.is_available()

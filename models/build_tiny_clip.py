@@ -3,10 +3,12 @@
 Two folders, both in the jina-clip-v1 layout that :class:`gapcal.OnnxClipEncoder` reads::
 
     tiny-clip/         like jinaai/jina-clip-v1: text graph takes ``input_ids`` only (mask = ids != 0),
-                       224 px images, jina-style preprocessor_config.json, fp32 and fp16 graphs.
-    tiny-clip-masked/  like a ``gapcal export`` folder: text graph takes ``input_ids`` and
-                       ``attention_mask``, 64 px images, transformers-style preprocessor_config.json,
-                       77-token context.
+                       224 px images, jina-style preprocessor_config.json, fp32 and fp16 graphs. Traced with
+                       the exporter's graph functions (``gapcal export`` writes this layout only from jina's
+                       own model code, which lives on the hub).
+    tiny-clip-masked/  a ``gapcal export`` folder, written by the exporter itself: text graph takes
+                       ``input_ids`` and ``attention_mask``, 64 px images, transformers-style
+                       preprocessor_config.json, 77-token context, gapcal_export.json.
 
 Each holds ``onnx/text_model.onnx`` -> ``text_embeds`` and ``onnx/vision_model.onnx`` -> ``image_embeds``
 (not normalised), ``tokenizer.json`` (a small lower-case BERT WordPiece written here, pad id 0),
@@ -17,21 +19,24 @@ Needs the ``export`` extra (torch, transformers, onnx)::
 
     python models/build_tiny_clip.py            # rebuilds models/tiny-clip and models/tiny-clip-masked
 
-``bench/encode_speed.py`` imports :func:`build_model` and :func:`export_folder` to build a
-real-size random CLIP in a temporary folder.
+``bench/encode_speed.py`` imports :func:`build_model` and :func:`export_with_gapcal` to build a
+real-size random CLIP in a temporary folder and export it with ``gapcal export``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import warnings
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 from transformers import CLIPConfig, CLIPModel
+
+from gapcal.export.clip import CLIPText, CLIPVision
 
 HERE = Path(__file__).resolve().parent
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -130,7 +135,9 @@ def build_model(
 
 
 class TextIdsOnly(torch.nn.Module):
-    """input_ids -> text_embeds, the mask derived inside the graph as input_ids != 0 (jina-clip-v1)."""
+    """input_ids -> text_embeds, the mask derived inside the graph as input_ids != 0, as jina-clip-v1's text
+    graph does. ``gapcal export`` writes this layout only from jina's own model code (on the hub), so the
+    jina-like test folder traces this tower with the exporter's graph functions instead."""
 
     def __init__(self, model: CLIPModel):
         super().__init__()
@@ -138,90 +145,19 @@ class TextIdsOnly(torch.nn.Module):
 
     def forward(self, input_ids):
         mask = (input_ids != 0).to(torch.int64)
-        return self.model.text_projection(self.model.text_model(input_ids, attention_mask=mask).pooler_output)
+        return CLIPText(self.model)(input_ids, mask)
 
 
-class TextWithMask(torch.nn.Module):
-    """(input_ids, attention_mask) -> text_embeds, the layout optimum's split CLIP export writes."""
-
-    def __init__(self, model: CLIPModel):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask):
-        out = self.model.text_model(input_ids, attention_mask=attention_mask).pooler_output
-        return self.model.text_projection(out)
-
-
-class Vision(torch.nn.Module):
-    """pixel_values -> image_embeds (not normalised)."""
-
-    def __init__(self, model: CLIPModel):
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixel_values):
-        return self.model.visual_projection(self.model.vision_model(pixel_values).pooler_output)
-
-
-def _export(module: torch.nn.Module, args: tuple, names: list[str], output: str, path: Path) -> None:
-    dynamic = {name: {0: "batch", 1: "sequence"} for name in names if name != "pixel_values"}
-    dynamic.update({name: {0: "batch"} for name in names if name == "pixel_values"})
-    dynamic[output] = {0: "batch"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TorchScript exporter deprecation and tracer warnings
-        torch.onnx.export(
-            module, args, str(path), input_names=names, output_names=[output],
-            dynamic_axes=dynamic, opset_version=17, do_constant_folding=True, dynamo=False,
-        )
-
-
-def _to_fp16(src: Path, dst: Path) -> None:
-    """Write an fp16 copy of a graph (float16 weights and compute, float32 inputs and outputs kept)."""
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
-    onnx.save(model, str(dst))
-
-
-def export_folder(
-    model: CLIPModel,
-    tokenizer: Tokenizer,
-    out: Path,
-    *,
-    text_inputs: tuple[str, ...] = ("input_ids",),
-    preprocessor: str = "jina",
-    fp16: bool = False,
-    save_weights: bool = True,
-) -> Path:
-    """Export ``model`` and ``tokenizer`` to ``out`` in the jina-clip-v1 folder layout."""
+def write_source(model: CLIPModel, tokenizer: Tokenizer, out: Path, preprocessor: str) -> Path:
+    """A Hugging Face model folder: config.json, model.safetensors, tokenizer and preprocessor configs."""
     out = Path(out)
-    (out / "onnx").mkdir(parents=True, exist_ok=True)
-    text_cfg, vision_cfg = model.config.text_config, model.config.vision_config
-    model_max_length = text_cfg.max_position_embeddings
-
-    long, short = tokenizer.encode("a red cat on a mat").ids, tokenizer.encode("two dogs").ids
-    ids = torch.tensor([long, short + [0] * (len(long) - len(short))])  # a padded row in the trace
-    if text_inputs == ("input_ids",):
-        _export(TextIdsOnly(model), (ids,), ["input_ids"], "text_embeds", out / "onnx/text_model.onnx")
-    elif text_inputs == ("input_ids", "attention_mask"):
-        args = (ids, (ids != 0).to(torch.int64))
-        _export(TextWithMask(model), args, list(text_inputs), "text_embeds", out / "onnx/text_model.onnx")
-    else:
-        raise ValueError(f"text_inputs must be ('input_ids',) or ('input_ids', 'attention_mask'), got {text_inputs}")
-    size = vision_cfg.image_size
-    pixels = torch.randn(2, 3, size, size)
-    _export(Vision(model), (pixels,), ["pixel_values"], "image_embeds", out / "onnx/vision_model.onnx")
-    if fp16:
-        for name in ("text_model", "vision_model"):
-            _to_fp16(out / f"onnx/{name}.onnx", out / f"onnx/{name}_fp16.onnx")
-
+    out.mkdir(parents=True, exist_ok=True)
+    size = model.config.vision_config.image_size
     tokenizer.save(str(out / "tokenizer.json"))
     _write_json(out / "tokenizer_config.json", {
-        "tokenizer_class": "BertTokenizerFast", "do_lower_case": True, "model_max_length": model_max_length,
-        "pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
-        "mask_token": "[MASK]",
+        "tokenizer_class": "BertTokenizerFast", "do_lower_case": True,
+        "model_max_length": model.config.text_config.max_position_embeddings, "pad_token": "[PAD]",
+        "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]",
     })
     if preprocessor == "jina":  # jina-clip-v1's own (open_clip style) keys
         _write_json(out / "preprocessor_config.json", {
@@ -237,9 +173,44 @@ def export_folder(
         })
     else:
         raise ValueError(f"preprocessor must be 'jina' or 'transformers', got {preprocessor!r}")
-    if save_weights:
-        model.save_pretrained(out, safe_serialization=True)  # config.json + model.safetensors
+    model.save_pretrained(out, safe_serialization=True)  # config.json + model.safetensors
     return out
+
+
+def export_jina_like(model: CLIPModel, tokenizer: Tokenizer, out: Path, fp16: bool = False) -> Path:
+    """The jina-clip-v1 folder layout (text graph on input_ids only) from a CLIPModel, through the
+    exporter's own graph functions (``gapcal.export.graphs``)."""
+    from gapcal.export.graphs import Towers, export_text, export_vision, to_fp16
+
+    out = write_source(model, tokenizer, out, preprocessor="jina")
+    (out / "onnx").mkdir(exist_ok=True)
+    text = model.config.text_config
+    towers = Towers(text=TextIdsOnly(model), vision=CLIPVision(model), text_inputs=("input_ids",),
+                    image_size=model.config.vision_config.image_size, position_limit=text.max_position_embeddings,
+                    vocab_size=text.vocab_size, pad_id=0)
+    long, short = tokenizer.encode("a red cat on a mat").ids, tokenizer.encode("two dogs").ids
+    ids = np.array([long, short + [0] * (len(long) - len(short))], dtype=np.int64)  # a padded row in the trace
+    export_text(towers, out / "onnx/text_model.onnx", ids, (ids != 0).astype(np.int64), opset=17)
+    export_vision(towers, out / "onnx/vision_model.onnx", opset=17)
+    if fp16:
+        for name in ("text_model", "vision_model"):
+            fp32 = out / f"onnx/{name}.onnx"
+            keep = fp32.read_bytes()
+            to_fp16(fp32, out / f"onnx/{name}_fp16.onnx")  # removes the fp32 graph: put it back
+            fp32.write_bytes(keep)
+    return out
+
+
+def export_with_gapcal(model: CLIPModel, tokenizer: Tokenizer, out: Path, precision: str = "fp32") -> Path:
+    """A ``gapcal export`` folder of the CLIPModel (exported and verified by the project's exporter), plus
+    the PyTorch weights the tests compare the graphs against."""
+    from gapcal.export import export_model
+
+    with tempfile.TemporaryDirectory() as source:
+        write_source(model, tokenizer, Path(source) / "model", preprocessor="transformers")
+        export_model(Path(source) / "model", out, precision=precision, exporter="torch", overwrite=True)
+    model.save_pretrained(out, safe_serialization=True)
+    return Path(out)
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -263,11 +234,8 @@ def build_test_models(root: Path = HERE) -> list[Path]:
         vision_hidden=32, vision_layers=2, vision_heads=2, image_size=64, patch_size=16,
         projection_dim=24,
     )
-    return [
-        export_folder(tiny, jina_like, root / "tiny-clip", preprocessor="jina", fp16=True),
-        export_folder(masked, masked_tok, root / "tiny-clip-masked",
-                      text_inputs=("input_ids", "attention_mask"), preprocessor="transformers"),
-    ]
+    return [export_jina_like(tiny, jina_like, root / "tiny-clip", fp16=True),
+            export_with_gapcal(masked, masked_tok, root / "tiny-clip-masked")]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -395,6 +395,8 @@ def _assert_same(before, after):
 
 @pytest.mark.parametrize("call, error, match", [
     (lambda ix, t: ix.add(t[:, :300], modality="text"), ValueError, r"vectors must have dimension d=512 .*got shape \(5, 300\)"),
+    (lambda ix, t: ix.add(t, modality="text", payload={"x": [1]}), ValueError,
+     r"payload\['x'\] must hold one value per vector \(5\), got 1"),
     (lambda ix, t: ix.add(t, modality="audio"), ValueError, r"modality must be one of \('text', 'image'\), got 'audio'"),
     (lambda ix, t: ix.add(t, modality="text", ids=[0, 1000, 5, 3000, 3001]), ValueError, r"ids must be new, got 3 already in use .*\[0, 5, 1000\]"),
     (lambda ix, t: ix.add(t, modality="text", ids=[7, 7, 8, 9, 10]), ValueError, r"ids must not repeat an id, got repeats of \[7\]"),
@@ -516,3 +518,50 @@ def test_chunked_adds_store_every_vector(cal, coco, monkeypatch):
     np.testing.assert_allclose(stored[0], stored[1], atol=1e-6)  # BLAS blocking differs in the last bit
     np.testing.assert_array_equal(whole.search(image[:20], k=10, query_modality="image").ids,
                                   chunked.search(image[:20], k=10, query_modality="image").ids)
+
+
+def test_payload_is_kept_returned_saved_and_dropped_with_its_items(cal, coco, tmp_path):
+    text, image = coco
+    index = MixedIndex(cal, "Flat")
+    index.add(text[:50], modality="text", ids=np.arange(50), payload={"caption": [f"c{i}" for i in range(50)]})
+    index.add(image[:50], modality="image", ids=np.arange(100, 150), payload={"path": [f"{i}.jpg" for i in range(50)],
+                                                                            "size": [[i, i] for i in range(50)]})
+    scores, ids, modalities = result = index.search(image[:4], k=8, query_modality="image",
+                                                    fields=["caption", "path", "size"])
+    for q in range(4):
+        for rank, (i, m) in enumerate(zip(ids[q], modalities[q])):
+            if m == "text":
+                assert result.fields["caption"][q, rank] == f"c{i}" and result.fields["path"][q, rank] is None
+            else:
+                assert result.fields["path"][q, rank] == f"{i - 100}.jpg"
+                assert result.fields["size"][q, rank] == [i - 100] * 2
+    assert result.hits(0)[0].payload.keys() == {"caption", "path", "size"}
+    index.save(tmp_path / "ix")
+    loaded = MixedIndex.load(tmp_path / "ix")
+    again = loaded.search(image[:4], k=8, query_modality="image", fields=["caption", "path", "size"])
+    for name in ("caption", "path", "size"):
+        assert again.fields[name].tolist() == result.fields[name].tolist()
+    loaded.remove([0, 100])
+    assert loaded._backend.payload["caption"].get(0) is None and loaded._backend.payload["path"].get(100) is None
+    with pytest.raises(ValueError, match="filter applies to Milvus stores"):
+        index.search(image[:1], query_modality="image", filter="n > 1")
+
+
+def test_faiss_search_parameters_objects_are_accepted(cal, coco):
+    text, image = coco
+    index = MixedIndex(cal, "HNSW32")
+    index.add(text, modality="text", ids=np.arange(N))
+    index.add(image, modality="image", ids=np.arange(N, 2 * N))
+    params = faiss.SearchParametersHNSW()
+    params.efSearch = 256
+    a = index.search(text[:20], k=10, query_modality="text", params=params)
+    b = index.search(text[:20], k=10, query_modality="text", params={"efSearch": 256})
+    np.testing.assert_array_equal(a.ids, b.ids)
+    ivf_params = faiss.SearchParametersIVF()
+    with pytest.raises(ValueError, match=r"params\['nprobe'\] applies to IVF indexes, got a HNSW32 index"):
+        index.search(text[:2], query_modality="text", params=ivf_params)
+    params.sel = faiss.IDSelectorRange(0, 10)
+    with pytest.raises(ValueError, match="params must not carry an ID selector"):
+        index.search(text[:2], query_modality="text", params=params)
+    with pytest.raises(TypeError, match="params must be a dict of faiss search settings or a faiss.SearchParameters"):
+        index.search(text[:2], query_modality="text", params=[("efSearch", 16)])

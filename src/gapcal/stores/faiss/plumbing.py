@@ -159,7 +159,7 @@ def reserve(index, n: int) -> None:
     """Make room for ``n`` more vectors in a flat-codes storage (Flat, PQ, SQ) before adding them in chunks.
 
     faiss appends each chunk to a std::vector; growing it chunk by chunk reallocated and copied the codes
-    again and again (a chunked add took 2.3x a single one). Resizing up then back keeps the capacity.
+    again and again. Resizing up then back keeps the capacity.
     """
     index = faiss.downcast_index(index)
     if isinstance(index, faiss.IndexIDMap):
