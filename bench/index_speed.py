@@ -52,7 +52,7 @@ def serialized_bytes(index) -> int:
 
 
 def mixed_bytes(mixed: MixedIndex) -> int:
-    ids = sum(mixed._live[m].nbytes + mixed._hidden[m].nbytes for m in ("text", "image"))
+    ids = sum(mixed._backend.live[m].nbytes + mixed._backend.hidden[m].nbytes for m in ("text", "image"))
     return sum(serialized_bytes(mixed.faiss_index(m)) for m in ("text", "image")) + ids
 
 
@@ -113,7 +113,7 @@ def bench(spec, n, cal, text_items, image_items, queries, settings, train_points
             faiss.ParameterSpace().set_index_parameter(bare, name, value)
 
         def bare_search():
-            return bare.search(q_text, K, query_modality="text")[1], bare.search(q_image, K)[1]
+            return bare.search(q_text, K)[1], bare.search(q_image, K)[1]
 
         def mixed_search(params=params):
             return (mixed.search(q_text, K, params=params, query_modality="text").ids,
@@ -132,7 +132,7 @@ def bench(spec, n, cal, text_items, image_items, queries, settings, train_points
     # single-query latency at the first setting
     for name, value in (settings[0] or {}).items():
         faiss.ParameterSpace().set_index_parameter(bare, name, value)
-    bare_one = best_of(repeats, lambda: [bare.search(q_text[i:i + 1], K, query_modality="text") for i in range(singles)])
+    bare_one = best_of(repeats, lambda: [bare.search(q_text[i:i + 1], K) for i in range(singles)])
     mixed_one = best_of(repeats, lambda: [mixed.search(q_text[i:i + 1], K, params=settings[0], query_modality="text")
                                           for i in range(singles)])
     return {"spec": spec, "n": n, "build": (bare_build, mixed_build), "memory": memory, "runs": runs,
