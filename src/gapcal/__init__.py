@@ -9,7 +9,7 @@ from importlib import import_module
 
 __version__ = "0.2.0"
 
-from . import data  # noqa: E402  (gapcal.data.load_coco500 works after a plain `import gapcal`)
+from . import data  # noqa: E402, F401  (gapcal.data.load_coco500 works after a plain `import gapcal`)
 from ._checks import NotFittedError  # noqa: E402
 from .calibration import GapCalibrator  # noqa: E402
 

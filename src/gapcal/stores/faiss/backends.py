@@ -10,7 +10,7 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-from ..._checks import MODALITIES
+from ..._checks import MODALITIES, check_modality
 from . import plumbing
 
 _CHUNK = 65536
@@ -140,7 +140,12 @@ class PerModality(FaissBackend):
     def is_trained(self, modality) -> bool:
         return bool(self.subs[modality].is_trained)
 
+    def faiss_index(self, modality):
+        return self.subs[check_modality("modality", modality)]
+
     def train(self, modality, x) -> None:
+        if self.is_trained(modality):
+            raise ValueError(f"modality {modality!r}: its faiss index ({self.spec}) is already trained")
         sub = self.subs[modality]
         vectors = self._padded(self.cal.transform(x, modality=modality))
         try:
@@ -278,6 +283,12 @@ class Wrapped(FaissBackend):
 
     def is_trained(self, modality) -> bool:
         return True  # wrap() refuses untrained indexes
+
+    def faiss_index(self, modality):
+        return self.owner
+
+    def train(self, modality, x) -> None:
+        raise ValueError("train applies to per-modality indexes; a wrapped index was trained by its owner")
 
     def dictated_ids(self, n):
         return np.arange(self.index.ntotal, self.index.ntotal + n, dtype=np.int64) if self.appends_positions else None

@@ -187,9 +187,7 @@ class MixedIndex(CalibratedStore):
 
     def faiss_index(self, modality=None):
         """The underlying faiss index: per modality for the per-modality layout, the wrapped one otherwise."""
-        if self._backend.layout == Wrapped.layout:
-            return self._backend.owner
-        return self._backend.subs[check_modality("modality", modality)]
+        return self._backend.faiss_index(modality)
 
     def ids(self, modality) -> np.ndarray:
         """The ids of one modality's searchable items, in the order they were added (a copy)."""
@@ -206,10 +204,6 @@ class MixedIndex(CalibratedStore):
         x = self._rows("vectors", vectors, allow_empty=False)
         with self._lock.write():
             self._check_calibrator_unchanged()
-            if self._backend.layout == Wrapped.layout:
-                raise ValueError("train applies to per-modality indexes; a wrapped index was trained by its owner")
-            if self._backend.is_trained(modality):
-                raise ValueError(f"modality {modality!r}: its faiss index ({self.spec}) is already trained")
             self._backend.train(modality, x)
 
     def is_trained(self, modality) -> bool:
