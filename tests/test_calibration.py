@@ -2,8 +2,10 @@
 
 import copy
 import json
+import os
 import sys
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -538,13 +540,66 @@ def test_load_refuses_bad_files(tmp_path, fitted):
                                "score map must be finite and strictly increasing"),
              "missing": (lambda a: a.pop("map_image_text"), "entry 'map_image_text' is missing"),
              "pickled": (lambda a: a.__setitem__("text_mean", np.array([{"evil": 1}], dtype=object)),
-                         "truncated or corrupt")}
+                         "member 'text_mean' holds Python objects, which gapcal never reads"),
+             "oversized": (lambda a: a.__setitem__("text_mean", np.zeros(10 * 512)),
+                           "member 'text_mean' .* more than the 4096"),
+             "bad dim": (lambda a: _header(a, dim="abc"), r"dim must be an integer in \[1, 65536\], got 'abc'")}
     for name, (change, message) in cases.items():
         bad = tmp_path / f"{name}.npz"
         _rewrite(good, bad, change)
         with pytest.raises(ValueError, match=message):
             GapCalibrator.load(bad)
     assert zipfile.is_zipfile(good)
+
+
+def test_load_decompresses_only_what_a_calibrator_holds(tmp_path, fitted):
+    """An extra 1 GiB member is never inflated; a member claiming 10^12 elements is refused from its header."""
+    import tracemalloc
+
+    good = tmp_path / "good.npz"
+    fitted.save(good)
+    padded = tmp_path / "padded.npz"
+    _rewrite(good, padded, lambda a: a.__setitem__("junk", np.zeros(1 << 27)))  # 1 GiB of zeros, compresses away
+    tracemalloc.start()
+    loaded = GapCalibrator.load(padded)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert loaded.fingerprint_ == fitted.fingerprint_ and peak < 64 << 20
+    with zipfile.ZipFile(good) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(4, dtype=np.float64))
+    header["shape"] = (10 ** 12,)
+    liar = tmp_path / "liar.npz"
+    with zipfile.ZipFile(liar, "w") as archive:
+        for name, data in members.items():
+            if name == "text_mean.npy":
+                import io
+
+                buffer = io.BytesIO()
+                np.lib.format.write_array_header_1_0(buffer, header)
+                data = buffer.getvalue() + b"\0" * 32
+            archive.writestr(name, data)
+    with pytest.raises(ValueError, match=r"member 'text_mean' claims \(1000000000000,\) x float64, more than"):
+        GapCalibrator.load(liar)
+
+
+def test_saved_files_keep_the_umask_mode_and_no_temporary_is_left(tmp_path, fitted):
+    previous = os.umask(0o022)
+    try:
+        fitted.save(tmp_path / "cal.npz")
+        assert (tmp_path / "cal.npz").stat().st_mode & 0o777 == 0o644  # readable by others, like any new file
+        os.umask(0o077)
+        fitted.save(tmp_path / "private.npz")
+        assert (tmp_path / "private.npz").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(previous)
+    dead = tmp_path / ".cal.npz.999999-0123abcd.gapcal-tmp"  # left by a writer that was killed (no such pid)
+    dead.write_bytes(b"half a file")
+    alive = tmp_path / f".cal.npz.{os.getpid()}-0123abcd.gapcal-tmp"  # being written by a live process
+    alive.write_bytes(b"in progress")
+    fitted.save(tmp_path / "cal.npz")
+    assert not dead.exists() and alive.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["cal.npz", "private.npz", alive.name])
 
 
 def test_public_names():
@@ -570,3 +625,52 @@ def test_evaluation_pool_of_the_calibrator_agrees_with_metrics(captions):
     text, image, groups = captions
     pool = metrics.relevance_pool(text, image, groups)
     assert len(pool.image) == 150 and len(pool.text) == 750
+
+
+def test_two_threads_of_partial_fit_lose_no_pairs(coco):
+    """Each partial_fit merges into the statistics there are when it finishes (similarity racing partial_fit:
+    tests/test_reliability.py)."""
+    text, image = coco
+    chunks = [slice(s, s + 60) for s in range(0, 300, 60)]
+    probe = text[300:306], image[300:340]
+    expected = GapCalibrator().fit(text[:300], image[:300]).similarity(*probe, query_modality="text",
+                                                                       item_modality="image")
+    twice = GapCalibrator()
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda half: [twice.partial_fit(text[c], image[c]) for c in chunks[half::2]], (0, 1)))
+    assert twice.n_pairs_ == 300
+    np.testing.assert_allclose(twice.similarity(*probe, query_modality="text", item_modality="image"), expected,
+                               atol=1e-5)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_an_unreadable_file_is_a_permission_error_not_corrupt(tmp_path, fitted):
+    fitted.save(tmp_path / "cal.npz")
+    (tmp_path / "cal.npz").chmod(0)
+    with pytest.raises(PermissionError, match="cal.npz"):
+        GapCalibrator.load(tmp_path / "cal.npz")
+
+
+def test_partial_fit_landing_inside_similarity_does_not_mix_two_fits(coco, monkeypatch):
+    """The worst moment for a concurrent partial_fit: after similarity embedded the queries, before the items.
+    One snapshot of the fitted state serves the whole call, so the answer is the old fit's, whole."""
+    from gapcal.calibration import model as model_lib
+
+    text, image = coco
+    probe = text[300:306], image[300:340]
+    before = GapCalibrator().fit(text[:200], image[:200]).similarity(*probe, query_modality="text",
+                                                                     item_modality="image")
+    shared = GapCalibrator().partial_fit(text[:200], image[:200])
+    shared.finalize()
+    query_vectors, landed = model_lib.Model.query_vectors, []
+
+    def query_vectors_then_another_thread_adds_pairs(self, *args):
+        out = query_vectors(self, *args)
+        if not landed:
+            landed.append(shared.partial_fit(text[200:300], image[200:300]))
+        return out
+
+    monkeypatch.setattr(model_lib.Model, "query_vectors", query_vectors_then_another_thread_adds_pairs)
+    np.testing.assert_allclose(shared.similarity(*probe, query_modality="text", item_modality="image"), before,
+                               atol=1e-6)
+    assert landed and shared.n_pairs_ == 300

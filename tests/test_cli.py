@@ -25,8 +25,29 @@ def test_demo_runs_on_bundled_data():
 
 def test_usage_errors_exit_2():
     out = run("demo", "--seed", "x")
-    assert out.returncode == 2 and "invalid int value: 'x'" in out.stderr
+    assert out.returncode == 2 and "expected an integer seed, got 'x'" in out.stderr
     assert run().returncode == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["demo", "--seed", "-1"], "--seed: expected a seed from 0 to 2\\*\\*32 - 1, got -1"),
+    (["index", "search", "ix", "--queries", "q.npy", "--query-modality", "text", "-k", "0"],
+     "-k: expected a positive integer, got 0"),
+    (["index", "search", "ix", "--queries", "q.npy", "--query-modality", "text", "--nprobe", "0"],
+     "--nprobe: expected a positive integer, got 0"),
+    (["index", "search", "ix", "--queries", "q.npy", "--query-modality", "text", "--ef-search", "-3"],
+     "--ef-search: expected a positive integer, got -3"),
+    (["index", "search", "ix", "--queries", "q.npy", "--query-modality", "text", "-k", "1.5"],
+     "-k: expected a positive integer, got '1.5'"),
+    (["embed", "--model", "m", "--texts", "t.txt", "-o", "v.npy", "--batch-size", "0"],
+     "--batch-size: expected a positive integer, got 0"),
+])
+def test_zero_or_negative_counts_are_usage_errors(args, message, capsys):
+    from gapcal.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2 and re.search(message, capsys.readouterr().err)
 
 
 def test_import_gapcal_pulls_no_heavy_dependency():
@@ -100,6 +121,10 @@ def test_fit_and_eval_with_groups(pairs, tmp_path):
      r"--groups: expected one label per pair \(500\), got shape \(3,\)"),
     (["eval", "--text", "{p}/text.npy", "--image", "{p}/short.npy"], r"same number of rows .* got 500 and 10"),
     (["eval", "--text", "{p}/text.npy", "--image", "{p}/image.npy", "--groups", "{p}/none.npy"], "--groups: no such file"),
+    (["eval", "--text", "{p}/broken.npz", "--image", "{p}/image.npy"], r"--text: .*broken.npz is not a readable"),
+    (["fit", "--text", "{p}/text.npy", "--image", "{p}/image.npy", "-o", "{p}/text.npy/cal.npz"],
+     r"path's folder does not exist|Not a directory"),
+    (["report", "--text", "{p}/text.npy", "--image", "{p}/image.npy", "-o", "{p}/text.npy"], r"File exists|text\.npy"),
 ])
 def test_user_errors_are_one_line(pairs, tmp_path, args, message):
     np.save(pairs / "short.npy", np.load(pairs / "image.npy")[:10])
@@ -107,6 +132,7 @@ def test_user_errors_are_one_line(pairs, tmp_path, args, message):
     np.savez(pairs / "two.npz", a=np.ones((2, 2)), b=np.ones((2, 2)))
     (pairs / "garbage.npy").write_bytes(b"not numpy")
     (pairs / "few.txt").write_text("a\nb\nc\n")
+    (pairs / "broken.npz").write_bytes((pairs / "pairs.npz").read_bytes()[:5000])
     out = run(*[a.format(p=pairs, t=tmp_path) for a in args])
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()
@@ -221,8 +247,6 @@ def test_index_build_add_search_end_to_end(pairs, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["search", "{t}/missing", "--queries", "{p}/text.npy", "--query-modality", "text"], "missing"),
-    (["search", "{t}/index", "--queries", "{p}/text.npy", "--query-modality", "text", "-k", "0"],
-     "k must be an integer >= 1, got 0"),
     (["search", "{t}/index", "--queries", "{p}/text.npy", "--query-modality", "text", "--nprobe", "4"],
      r"params\['nprobe'\] applies to IVF indexes, got a Flat index"),
     (["add", "{t}/index", "--vectors", "{p}/vector2d.npy", "--modality", "text"], "dimension d=512"),

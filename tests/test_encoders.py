@@ -130,6 +130,8 @@ def test_normalize_false_returns_raw_embeddings(tiny):
         (42, TypeError, "texts must be a list of strings, got int"),
         (["ok", None], TypeError, r"texts\[1\] must be a str, got NoneType"),
         (["ok", b"bytes"], TypeError, r"texts\[1\] must be a str, got bytes"),
+        (["ok", "bad \ud800 half"], ValueError, r"texts\[1\] must be valid Unicode text, got a lone surrogate "
+                                                r"'\\ud800' at character 4"),
     ],
 )
 def test_text_bad_input(tiny, texts, error, match):
@@ -295,6 +297,29 @@ def test_folder_errors(tmp_path):
         OnnxClipEncoder(TINY, max_length=0)
     with pytest.raises(TypeError, match="threads must be an integer, got '2'"):
         OnnxClipEncoder(TINY, threads="2")
+
+
+@pytest.mark.parametrize("name, content, match", [
+    ("tokenizer.json", b"{not json", r"tokenizer\.json is not a tokenizers tokenizer\.json \(key must be a string"),
+    ("tokenizer_config.json", b"[1, 2]", r"tokenizer_config\.json must hold a JSON object, got list"),
+    ("tokenizer_config.json", b"\xff\xfe", r"tokenizer_config\.json is not valid UTF-8 JSON"),
+    ("preprocessor_config.json", b"{", r"preprocessor_config\.json is not valid UTF-8 JSON"),
+    ("preprocessor_config.json", b'{"size": {"longest": 3}}',
+     r"preprocessor_config\.json: not a usable preprocessor config \(.*size must have shortest_edge"),
+    ("onnx/text_model.onnx", None, r"text_model\.onnx is not a loadable ONNX graph \(InvalidProtobuf"),
+    ("onnx/vision_model.onnx", b"junk" * 10, r"vision_model\.onnx is not a loadable ONNX graph \(InvalidProtobuf"),
+])
+def test_corrupt_model_files_are_named(tmp_path, name, content, match):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(TINY, folder)
+    target = folder / name
+    target.write_bytes(target.read_bytes()[:500] if content is None else content)
+    with pytest.raises(ValueError, match=match):
+        encoder = OnnxClipEncoder(folder)
+        encoder.encode_text(["a cat"])
+        encoder.encode_image([np.zeros((32, 32, 3), np.uint8)])
 
 
 def test_preprocessor_size_must_match_the_graph(tmp_path):

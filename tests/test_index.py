@@ -520,6 +520,13 @@ def test_chunked_adds_store_every_vector(cal, coco, monkeypatch):
                                   chunked.search(image[:20], k=10, query_modality="image").ids)
 
 
+def test_k_beyond_the_items_gives_them_all_without_allocating_for_k(flat_index, coco):
+    got = flat_index.search(coco[0][:3], k=2 ** 31, query_modality="text")
+    assert got.ids.shape == (3, 2 * N) and (got.counts == 2 * N).all()
+    one = flat_index.search(coco[0][:3], k=2 ** 31, query_modality="text", item_modality="image")
+    assert one.ids.shape == (3, N)
+
+
 def test_payload_is_kept_returned_saved_and_dropped_with_its_items(cal, coco, tmp_path):
     text, image = coco
     index = MixedIndex(cal, "Flat")

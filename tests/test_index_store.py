@@ -7,7 +7,7 @@ import faiss
 import numpy as np
 import pytest
 
-from gapcal._format import sha256_of
+from gapcal._format import sealed, sha256_of
 from gapcal.calibration import GapCalibrator
 from gapcal.stores.faiss import MixedIndex
 
@@ -137,10 +137,11 @@ def saved(cal, coco, tmp_path):
     return tmp_path / "ix"
 
 
-def edit_sidecar(folder, change):
+def edit_sidecar(folder, change, seal=True):
+    """Change the sidecar; ``seal`` also records its new checksum (a deliberate edit, to reach later checks)."""
     header = json.loads((folder / "mixed.json").read_text())
     change(header)
-    (folder / "mixed.json").write_text(json.dumps(header))
+    (folder / "mixed.json").write_text(json.dumps(sealed(header) if seal else header))
     return header
 
 
@@ -171,8 +172,23 @@ def test_load_refuses_a_swapped_calibrator_file(saved, coco):
 
 def test_load_refuses_mismatched_item_counts(saved):
     edit_sidecar(saved, lambda h: h["indexes"]["text"].update(ntotal=h["indexes"]["text"]["ntotal"] + 1))
-    with pytest.raises(ValueError, match=r"does not match its sidecar: it holds 500 vectors of dimension 513, "
-                                         r"the sidecar says 501"):
+    with pytest.raises(ValueError, match=r"does not match its sidecar: it holds a IndexIDMap2\(HNSW32\) index of 500 "
+                                         r"vectors of dimension 513, the sidecar says a IndexIDMap2\(HNSW32\) index "
+                                         r"of 501"):
+        MixedIndex.load(saved)
+
+
+def test_load_refuses_a_faiss_file_of_another_structure(saved, cal, coco, tmp_path):
+    """Issue 13: an HNSW folder took a Flat file of the same count; the sidecar records each index's structure."""
+    build(cal, coco, "Flat").save(tmp_path / "flat")
+    flat, hnsw = (json.loads((folder / "mixed.json").read_text()) for folder in (tmp_path / "flat", saved))
+    foreign = (tmp_path / "flat" / flat["indexes"]["text"]["file"]).read_bytes()
+    (saved / hnsw["indexes"]["text"]["file"]).write_bytes(foreign)
+    with pytest.raises(ValueError, match="does not match the checksum"):
+        MixedIndex.load(saved)
+    rechecksum(saved)  # a tampering that also rewrites the checksums is still caught by the structure
+    with pytest.raises(ValueError, match=r"it holds a IndexIDMap2\(Flat\) index .* the sidecar says a "
+                                         r"IndexIDMap2\(HNSW32\) index"):
         MixedIndex.load(saved)
 
 
@@ -264,3 +280,43 @@ def test_saved_files_are_plain_faiss_and_npz(saved):
     with np.load(saved / header["ids"]["file"], allow_pickle=False) as ids:
         assert sorted(ids.files) == ["hidden_image", "hidden_text", "live_image", "live_text"]
         assert ids["hidden_text"].tolist() == [3]
+
+
+def test_files_of_an_interrupted_save_are_removed_by_the_next_save_or_load(cal, coco, tmp_path):
+    index = build(cal, coco, "Flat")
+    index.save(tmp_path / "ix")
+    kept = files(tmp_path / "ix")
+    orphans = ["text-999999-0123456789ab.faiss", "ids-999999-0123456789ab.npz", ".mixed.json.999999-0123abcd.gapcal-tmp"]
+    for name in orphans:  # what a save killed in the middle leaves (pid 999999 does not exist)
+        (tmp_path / "ix" / name).write_bytes(b"partial")
+    live = f"image-{os.getpid()}-0123456789ab.faiss"  # a save in progress in a live process is left alone
+    (tmp_path / "ix" / live).write_bytes(b"partial")
+    assert len(MixedIndex.load(tmp_path / "ix")) == 2 * N - 2
+    assert files(tmp_path / "ix") == sorted(kept + [live])
+    for name in orphans:
+        (tmp_path / "ix" / name).write_bytes(b"partial")
+    index.save(tmp_path / "ix")
+    assert len(files(tmp_path / "ix")) == 7 and live in files(tmp_path / "ix")  # the 6 of the new save + live
+
+
+def test_saved_index_files_keep_the_umask_mode(cal, coco, tmp_path):
+    previous = os.umask(0o027)
+    try:
+        build(cal, coco, "Flat").save(tmp_path / "ix")
+    finally:
+        os.umask(previous)
+    modes = {name: (tmp_path / "ix" / name).stat().st_mode & 0o777 for name in files(tmp_path / "ix")}
+    assert set(modes.values()) == {0o640}, modes
+
+
+@pytest.mark.parametrize("change", [
+    lambda h: h["counts"]["text"].update(hidden=0),
+    lambda h: h.update(dim=h["dim"] + 1),
+    lambda h: h["indexes"]["text"].update(ntotal=1),
+    lambda h: h["backend"].update(extra=1),
+])
+def test_a_changed_sidecar_value_is_refused_by_its_own_checksum(saved, change):
+    """Issue 13: edited sidecar values (an IVF list spread, id counts) changed results; the sidecar is sealed."""
+    edit_sidecar(saved, change, seal=False)
+    with pytest.raises(ValueError, match=r"mixed\.json' does not match the checksum recorded in it \(corrupt or edited\)"):
+        MixedIndex.load(saved)

@@ -87,8 +87,7 @@ def test_whole_ranking_equals_mixed_index(store, flat_index, cal, coco, query_mo
     want = flat_index.search(queries, k=k, query_modality=query_modality)
     assert_same_ranking(got, want, cal, queries, query_modality,
                         {"text": (text, np.arange(N)), "image": (image, np.arange(N, 2 * N))})
-    assert np.all(got.ids[:, 2 * N:] == -1) and np.all(got.scores[:, 2 * N:] == -np.inf)
-    assert np.all(got.modalities[:, 2 * N:] == "")
+    assert got.ids.shape[1] == 2 * N and (got.ids >= 0).all()  # k beyond the items gives them all
 
 
 def test_one_item_modality(store, flat_index, cal, coco):
@@ -290,7 +289,6 @@ def test_bad_add_names_the_problem_and_writes_nothing(fresh, coco, case):
     ({"item_modality": "video"}, ValueError, r"item_modality must be one of \('text', 'image'\), got 'video'"),
     ({"k": 0}, ValueError, "k must be an integer >= 1, got 0"),
     ({"k": 2.5}, TypeError, "k must be an integer, got 2.5"),
-    ({"k": 16385}, ValueError, r"k must be at most 16384 \(Milvus's top-k limit\), got 16385"),
     ({"filter": 3}, TypeError, "filter must be a Milvus boolean expression string, got int"),
     ({"params": 64}, TypeError, "params must be a dict of Milvus index search settings"),
     ({"fields": "n"}, TypeError, "fields must be a list of payload field names, got 'n'"),
@@ -382,3 +380,31 @@ def test_search_results_unpack_like_faiss_and_give_hits_per_query(store, coco):
     assert all(("n" in h.payload) for h in hits)
     listed = result.to_list()
     assert json.loads(json.dumps(listed))[2][0]["id"] == int(ids[2, 0])
+
+
+def test_k_is_capped_at_the_stored_items_and_at_milvus_top_k_limit(store, coco, monkeypatch):
+    got = store.search(coco[0][:2], k=2 ** 31, query_modality="text")
+    assert got.ids.shape == (2, 2 * N) and (got.counts == 2 * N).all()
+    import gapcal.stores.milvus as milvus_module
+
+    monkeypatch.setattr(milvus_module, "MAX_TOPK", 100)
+    with pytest.raises(ValueError, match=r"k must be at most 100 \(Milvus's top-k limit\), got 500"):
+        store.search(coco[0][:2], k=500, query_modality="text")
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"efSearch": 64}, r"params keys must be among \['ef', 'nprobe', .*\], got 'efSearch'"),
+    ({"ef": 0}, r"params\['ef'\] must be a positive number below 2\*\*31, got 0"),
+    ({"nprobe": 2 ** 31}, r"params\['nprobe'\] must be a positive number below 2\*\*31"),
+    ({"radius": 0.5}, r"params keys must be among .* got 'radius'"),
+])
+def test_unknown_or_bad_search_settings_are_refused(store, coco, params, match):
+    with pytest.raises(ValueError, match=match):
+        store.search(coco[0][:2], query_modality="text", params=params)
+
+
+@pytest.mark.parametrize("expression", ['year >= 0) or (modality == "text"', "n <<< 3", "no_such_function(n)"])
+def test_a_bad_filter_is_a_value_error_naming_it(store, coco, expression, capfd):
+    with pytest.raises(ValueError, match=r"filter must be a Milvus boolean expression on this collection's fields, got "):
+        store.search(coco[0][:2], query_modality="text", filter=expression)
+    assert "Traceback" not in capfd.readouterr().err  # pymilvus's own log of the failure is kept quiet

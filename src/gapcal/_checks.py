@@ -12,10 +12,21 @@ class NotFittedError(ValueError, AttributeError):
 
 
 def check_modality(name: str, value) -> str:
-    """Return ``value`` if it names a known modality, else raise a ValueError naming the argument."""
+    """Return ``value`` if it names a known modality, else raise a TypeError/ValueError naming the argument."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, one of {MODALITIES}, got {type(value).__name__} {value!r}")
     if value not in MODALITIES:
         raise ValueError(f"{name} must be one of {MODALITIES}, got {value!r}")
     return value
+
+
+def as_array(name: str, x, shape: str = "(n, d)") -> np.ndarray:
+    """``np.asarray(x)``, with ragged nested lists reported under ``name`` rather than in numpy's words."""
+    try:
+        return np.asarray(x)
+    except ValueError:  # inhomogeneous nested sequences
+        raise ValueError(f"{name} must be an array of shape {shape}; got nested sequences of unequal lengths "
+                         f"({type(x).__name__} of {len(x) if hasattr(x, '__len__') else '?'} rows)") from None
 
 
 def check_numeric(name: str, arr: np.ndarray) -> None:
@@ -34,7 +45,7 @@ def as_matrix(name: str, x, *, dim: int | None = None, dtype=np.float32, allow_e
     False: callers that go on to ``unit_rows`` get the same checks there) NaN/inf rows, rows whose norm
     float32 cannot hold, and all-zero rows (which have no direction, so no cosine).
     """
-    arr = np.asarray(x)
+    arr = as_array(name, x)
     check_numeric(name, arr)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array of shape (n, d), got shape {arr.shape}")
@@ -79,7 +90,7 @@ def unit_rows(name: str, x, row_offset: int = 0, out: np.ndarray | None = None) 
     names it (rows counted from ``row_offset``). ``out``, a float32 buffer of at least n rows, is reused
     when given (fresh pages cost more than the arithmetic on large chunks).
     """
-    rows = np.asarray(x)
+    rows = as_array(name, x)
     check_numeric(name, rows)
     target = np.empty(rows.shape, dtype=np.float32) if out is None else out[: len(rows)]
     if rows.dtype.kind == "f" and rows.dtype.itemsize > 8:
@@ -133,7 +144,7 @@ def check_groups(groups, n: int) -> np.ndarray | None:
     """None, or ``groups`` (one integer or string label per pair) as int64 codes 0..g-1 in first-seen order."""
     if groups is None:
         return None
-    arr = np.asarray(groups)
+    arr = as_array("groups", groups, "(n,), one label per pair")
     if arr.ndim != 1:
         raise ValueError(f"groups must be a 1-D array with one label per pair, got shape {arr.shape}")
     if len(arr) != n:

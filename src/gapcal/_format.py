@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from . import __version__
@@ -27,6 +28,23 @@ def check_header(header, *, format: str, version: int, oldest: int = 1, where: s
         raise ValueError(f"{where} uses {what} format version {found}, which this gapcal ({__version__}) no "
                          f"longer reads: {remedy}")
     return header
+
+
+def _digest(fields: dict) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
+def sealed(header: dict) -> dict:
+    """``header`` with a sha256 of its own canonical JSON: a value changed in it (a list spread, a count) is
+    noticed on load, like a change in the files it lists."""
+    body = {key: value for key, value in header.items() if key != "sha256"}
+    return {**body, "sha256": _digest(body)}
+
+
+def check_sealed(header: dict, where: str) -> None:
+    """Refuse a header written by ``sealed`` whose values changed since."""
+    if header.get("sha256") != _digest({key: value for key, value in header.items() if key != "sha256"}):
+        raise ValueError(f"{where} does not match the checksum recorded in it (corrupt or edited)")
 
 
 def sha256_of(path) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,28 @@ import numpy as np
 
 class UserError(Exception):
     """A problem with the user's input, reported as one line."""
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1 (counts and search settings; 0 would silently mean 'default')."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """An argparse type: a seed, an integer from 0 to 2**32 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected a seed from 0 to 2**32 - 1, got {value}")
+    return value
 
 
 def load_array(spec: str, role: str) -> np.ndarray:
@@ -24,7 +47,7 @@ def load_array(spec: str, role: str) -> np.ndarray:
         raise UserError(f"--{role}: no such file: {path}")
     try:
         data = np.load(file, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise UserError(f"--{role}: {path} is not a readable .npy/.npz file ({exc})") from None
     if isinstance(data, np.lib.npyio.NpzFile):
         with data:
@@ -33,7 +56,10 @@ def load_array(spec: str, role: str) -> np.ndarray:
             if chosen not in names:
                 found = f"has no array {key!r}" if key else "holds several arrays"
                 raise UserError(f"--{role}: {path} {found}: it holds {names}; name one as {path}:NAME")
-            data = data[chosen]
+            try:
+                data = data[chosen]
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+                raise UserError(f"--{role}: {path} is not a readable .npz file ({exc})") from None
     if data.ndim != 2:
         raise UserError(f"--{role}: expected a 2-D array (n, d), got shape {data.shape} from {spec}")
     return data
@@ -290,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="fit and evaluate a calibrator on the bundled COCO-500 CLIP embeddings")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the 2-fold split (default 0)")
+    demo.add_argument("--seed", type=seed_int, default=0, help="seed of the 2-fold split (default 0)")
     demo.set_defaults(func=_demo)
 
     embed = sub.add_parser("embed", help="embed images or texts with an ONNX CLIP model folder")
@@ -299,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--images", help="a folder of images, or a file listing one image path per line")
     source.add_argument("--texts", help="a UTF-8 file with one text per line")
     embed.add_argument("-o", "--output", required=True, help=".npy file to write; ids go to OUTPUT.ids.txt")
-    embed.add_argument("--batch-size", type=int, default=32)
+    embed.add_argument("--batch-size", type=positive_int, default=32)
     embed.add_argument("--providers", default="auto", choices=("auto", "cpu", "cuda", "tensorrt"))
     embed.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
     embed.add_argument("--skip-errors", action="store_true", help="skip unreadable images instead of stopping")
@@ -318,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="gap and mixed-pool retrieval metrics of paired embeddings")
     _add_pairs(ev)
     ev.add_argument("--calibrator", help="evaluate this saved calibrator (default: 2-fold cross-fit)")
-    ev.add_argument("--seed", type=int, default=0, help="seed of the 2-fold split (default 0)")
+    ev.add_argument("--seed", type=seed_int, default=0, help="seed of the 2-fold split (default 0)")
     ev.set_defaults(func=_eval)
 
     rep = sub.add_parser("report", help="report.html with pictures of the gap before and after calibration")
@@ -349,9 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--queries", required=True, help="raw query embeddings (.npy or .npz[:NAME])")
     search.add_argument("--query-modality", required=True, choices=("text", "image"))
     search.add_argument("--item-modality", choices=("text", "image"), help="only this modality (default both)")
-    search.add_argument("-k", type=int, default=10, help="results per query (default 10)")
-    search.add_argument("--nprobe", type=int, help="IVF lists to visit, in total over both modalities")
-    search.add_argument("--ef-search", type=int, help="HNSW search breadth")
+    search.add_argument("-k", type=positive_int, default=10, help="results per query (default 10)")
+    search.add_argument("--nprobe", type=positive_int, help="IVF lists to visit, in total over both modalities")
+    search.add_argument("--ef-search", type=positive_int, help="HNSW search breadth")
     search.add_argument("--json", action="store_true", help="print JSON for machines")
     search.set_defaults(func=_index_search)
 
@@ -369,7 +395,7 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # output piped into e.g. `head`: stop quietly
         sys.stderr.close()
         return 0
-    except (UserError, ValueError, TypeError, FileNotFoundError) as exc:
+    except (UserError, ValueError, TypeError, OSError, zipfile.BadZipFile) as exc:
         if args.debug:
             raise
         print(f"gapcal {args.command}: error: {exc}", file=sys.stderr)

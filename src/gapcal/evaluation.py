@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from . import metrics
-from ._checks import check_groups
+from ._checks import as_array, check_groups, check_pairs
 from .baselines import GRClip, I0TStandardize, PerTypeZ, RawCosine
 from .calibration import GapCalibrator
 
@@ -86,8 +86,8 @@ def cross_fit(text, image, methods=None, *, groups=None, seed: int = 0) -> list[
 
     Without ``groups`` every pair (with the pairs it shares a row with) is its own group.
     """
-    text, image = np.asarray(text), np.asarray(image)
-    labels = None if groups is None else np.asarray(groups)
+    text, image = check_pairs(text, image, dtype=None)
+    labels = None if groups is None else as_array("groups", groups, "(n,), one label per pair")
     check_groups(labels, len(text))
     folds = group_folds(text, image, labels, seed=seed)
     rows = []

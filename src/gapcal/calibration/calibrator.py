@@ -21,7 +21,8 @@ _MIN_GROUPS = 3
 _SCORE_SAMPLE = 1000
 _CHUNK = 65536
 _PARAMS = ("mean_shift", "projection", "hubness", "score_norm", "holdout_fraction", "sample_size")
-_FINALIZE = threading.Lock()
+_FINALIZE = threading.Lock()  # one finalisation at a time (it is the expensive part)
+_SWAP = threading.Lock()  # held only to read or replace a calibrator's statistics and state together
 
 
 class GapCalibrator:
@@ -137,7 +138,8 @@ class GapCalibrator:
         if stats.count < _MIN_PAIRS:
             raise ValueError(f"text and image must hold at least {_MIN_PAIRS} pairs in total to fit, got {stats.count}")
         state = self._finalized(stats, self.get_params())
-        self.__dict__.update(state)
+        with _SWAP:
+            self.__dict__.update(state)
         return self
 
     def partial_fit(self, text, image, *, groups=None) -> "GapCalibrator":
@@ -146,13 +148,24 @@ class GapCalibrator:
         Only the statistics are updated; the stages are chosen once, on first use or ``finalize()``.
         """
         self._check_params()
+        self._check_continuable()
+        before = self.__dict__.get("_stats")
+        chunk = self._accumulate(None, text, image, groups, dim=None if before is None else before.dim)
+        with _SWAP:  # another thread may have added pairs meanwhile: merge into whatever is there now
+            self._check_continuable()
+            current = self.__dict__.get("_stats")
+            if current is not None and current.dim != chunk.dim:
+                raise ValueError(f"text and image must have dimension d={current.dim} (the fitted dimension), "
+                                 f"got {chunk.dim}")
+            stats = chunk if current is None else current.merged(chunk)
+            self.__dict__.update({"_stats": stats, "_fit_params": self.get_params(), "_state": None})
+        return self
+
+    def _check_continuable(self) -> None:
         if "_fit_params" in self.__dict__ and self.__dict__.get("_stats") is None:
             raise ValueError("partial_fit cannot continue a calibrator loaded from a file: its pair "
                              "statistics are not saved; fit a new calibrator on all pairs instead")
         self._check_unchanged()
-        stats = self._accumulate(self.__dict__.get("_stats"), text, image, groups)
-        self.__dict__.update({"_stats": stats, "_fit_params": self.get_params(), "_state": None})
-        return self
 
     def merge(self, other: "GapCalibrator") -> "GapCalibrator":
         """Add the pairs another calibrator was fitted on (e.g. one per worker); returns self."""
@@ -168,7 +181,8 @@ class GapCalibrator:
         other._check_unchanged()
         if theirs.dim != mine.dim:
             raise ValueError(f"other must have dimension {mine.dim}, got {theirs.dim}")
-        self.__dict__.update({"_stats": mine.merged(theirs), "_state": None})
+        with _SWAP:
+            self.__dict__.update({"_stats": self.__dict__["_stats"].merged(theirs), "_state": None})
         return self
 
     def finalize(self) -> "GapCalibrator":
@@ -176,12 +190,13 @@ class GapCalibrator:
         self._fitted()
         return self
 
-    def _accumulate(self, stats, text, image, groups) -> PairStatistics:
+    def _accumulate(self, stats, text, image, groups, dim=None) -> PairStatistics:
         """New statistics with these pairs added, chunk by chunk; ``stats`` itself is never modified,
         so a bad row anywhere leaves the calibrator as it was."""
         text_arr, image_arr = check_pairs(text, image, dtype=None)  # rows are checked chunk by chunk below
-        if stats is not None and text_arr.shape[1] != stats.dim:
-            raise ValueError(f"text and image must have dimension d={stats.dim} (the fitted dimension), "
+        dim = stats.dim if stats is not None else dim
+        if dim is not None and text_arr.shape[1] != dim:
+            raise ValueError(f"text and image must have dimension d={dim} (the fitted dimension), "
                              f"got {text_arr.shape[1]}")
         group_hash = None
         if groups is not None:
@@ -211,22 +226,32 @@ class GapCalibrator:
         return [(s, projection) for s in shifts]
 
     def _fitted(self) -> model_lib.Model:
-        """The fitted model, finalised first when pairs were added since (thread-safe)."""
+        """The fitted model (see ``_snapshot``)."""
+        return self._snapshot()["model"]
+
+    def _snapshot(self) -> dict:
+        """The fitted state, finalised first when pairs were added since. Thread-safe: a caller that takes
+        one snapshot and uses only it sees the old or the new fit, never parts of both, even while another
+        thread runs ``partial_fit``."""
         if "_fit_params" not in self.__dict__:
             raise NotFittedError("this GapCalibrator is not fitted yet: call fit(text, image) first")
         self._check_unchanged()
         state = self.__dict__.get("_state")
-        if state is None:
-            with _FINALIZE:
-                state = self.__dict__.get("_state")
-                if state is None:
-                    stats = self.__dict__["_stats"]
-                    if stats.count < _MIN_PAIRS:
-                        raise ValueError(f"text and image must hold at least {_MIN_PAIRS} pairs in total to fit, "
-                                         f"got {stats.count}")
-                    self.__dict__.update(self._finalized(stats, self.__dict__["_fit_params"]))
-                    state = self.__dict__["_state"]
-        return state["model"]
+        if state is not None:
+            return state
+        with _FINALIZE:
+            with _SWAP:
+                stats, state, params = self.__dict__["_stats"], self.__dict__["_state"], self.__dict__["_fit_params"]
+            if state is not None:  # finalised by another thread while this one waited
+                return state
+            if stats.count < _MIN_PAIRS:
+                raise ValueError(f"text and image must hold at least {_MIN_PAIRS} pairs in total to fit, "
+                                 f"got {stats.count}")
+            new = self._finalized(stats, params)
+            with _SWAP:
+                if self.__dict__["_stats"] is stats:  # else pairs came in meanwhile: this caller gets the fit it asked for
+                    self.__dict__.update(new)
+        return new["_state"]
 
     def _finalized(self, stats: PairStatistics, params: dict) -> dict:
         """The whole fitted state for these statistics (nothing is assigned here)."""
@@ -268,8 +293,7 @@ class GapCalibrator:
 
     # ------------------------------------------------------------------ fitted attributes
     def _state_value(self, key):
-        self._fitted()
-        return self.__dict__["_state"][key]
+        return self._snapshot()[key]
 
     @property
     def dim_(self) -> int:
@@ -312,10 +336,10 @@ class GapCalibrator:
         return self._fitted().output_dim
 
     # ------------------------------------------------------------------ transforms
-    def _prepared(self, name, x):
+    @staticmethod
+    def _units(name, x, fitted):
         """Validated rows of ``x`` scaled to unit length, in a new float32 array."""
-        fitted = self._fitted()
-        return unit_rows(name, as_matrix(name, x, dim=fitted.dim, dtype=None)), fitted
+        return unit_rows(name, as_matrix(name, x, dim=fitted.dim, dtype=None))
 
     def projection_matrix(self, *, modality):
         """The fitted map of this modality's (unit, mean-shifted) rows, a (d, d) array used as ``x @ P``,
@@ -326,8 +350,8 @@ class GapCalibrator:
     def embed(self, x, *, modality) -> np.ndarray:
         """Unit vectors after the fitted mean shift and projection, before scoring (for geometry and plots)."""
         check_modality("modality", modality)
-        units, fitted = self._prepared("x", x)
-        return fitted.embed(units, modality)
+        fitted = self._fitted()
+        return fitted.embed(self._units("x", x, fitted), modality)
 
     def transform(self, x, *, modality) -> np.ndarray:
         """Item vectors to store in an index: float32 (n, output_dim_).
@@ -335,8 +359,10 @@ class GapCalibrator:
         ``map_scores`` of their inner products with ``transform_query`` vectors gives ``similarity``.
         """
         check_modality("modality", modality)
-        units, fitted = self._prepared("x", x)
-        return fitted.item_vectors(fitted.embed(units, modality), modality)
+        return self._item_vectors(self._fitted(), x, modality)
+
+    def _item_vectors(self, fitted, x, modality):
+        return fitted.item_vectors(fitted.embed(self._units("x", x, fitted), modality), modality)
 
     def transform_query(self, queries, *, query_modality, item_modality) -> np.ndarray:
         """Query vectors for searching items of ``item_modality``: float32 (n, output_dim_)."""
@@ -349,8 +375,10 @@ class GapCalibrator:
         check_modality("query_modality", query_modality)
         for item_modality in item_modalities:
             check_modality("item_modalities", item_modality)
-        units, fitted = self._prepared("queries", queries)
-        e = fitted.embed(units, query_modality)
+        return self._query_vectors(self._fitted(), queries, query_modality, item_modalities)
+
+    def _query_vectors(self, fitted, queries, query_modality, item_modalities):
+        e = fitted.embed(self._units("queries", queries, fitted), query_modality)
         return [np.ascontiguousarray(fitted.query_vectors(e, query_modality, m)) for m in item_modalities]
 
     def map_scores(self, inner, *, query_modality, item_modality) -> np.ndarray:
@@ -369,15 +397,18 @@ class GapCalibrator:
 
     def similarity(self, queries, items, *, query_modality, item_modality) -> np.ndarray:
         """Calibrated scores (nq, ni), comparable across item modalities for one query (see class doc)."""
-        u = self.transform_query(queries, query_modality=query_modality, item_modality=item_modality)
-        v = self.transform(items, modality=item_modality)
-        return self.map_scores(u @ v.T, query_modality=query_modality, item_modality=item_modality)
+        check_modality("query_modality", query_modality)
+        check_modality("item_modality", item_modality)
+        fitted = self._fitted()  # one snapshot for every step, so a concurrent partial_fit cannot mix two fits
+        u = self._query_vectors(fitted, queries, query_modality, (item_modality,))[0]
+        v = self._item_vectors(fitted, items, item_modality)
+        return fitted.maps[(query_modality, item_modality)](u @ v.T).astype(np.float32)
 
     # ------------------------------------------------------------------ reporting and persistence
     def summary(self) -> str:
         """The fit report as readable text: what the fit saw, what was kept and why, what scores mean."""
-        fitted = self._fitted()
-        return _summary(self.fit_report_, fitted.dim, self.mean_shift_, self.projection_)
+        state = self._snapshot()
+        return _summary(state["report"], state["model"].dim, state["mean_shift"], state["projection"])
 
     def save(self, path) -> None:
         """Write the calibrator atomically as an .npz of arrays plus a JSON header (no pickle)."""
@@ -387,8 +418,7 @@ class GapCalibrator:
         if "_fit_params" not in self.__dict__:
             save_calibrator(path, self.get_params(), None, {})
             return
-        self._fitted()
-        state = self.__dict__["_state"]
+        state = self._snapshot()
         header = {"dim": state["model"].dim, "n_pairs": state["n_pairs"], "mean_shift": bool(state["mean_shift"]),
                   "projection": state["projection"], "fit_report": state["report"], "fingerprint": state["fingerprint"]}
         arrays = {"text_mean": state["text_mean"], "image_mean": state["image_mean"], **state["model"].to_arrays()}

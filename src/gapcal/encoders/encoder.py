@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 import threading
@@ -20,7 +19,7 @@ from .._checks import check_int, l2_normalize
 from . import hub
 from .images import ImageDecodeError, ImagePreprocessor, describe, load_image
 from .session import OrtSession, resolve_providers
-from .spec import PRECISIONS, ModelFiles, TextGraphSpec, VisionGraphSpec
+from .spec import PRECISIONS, ModelFiles, TextGraphSpec, VisionGraphSpec, read_json
 from .text import TextBatcher, read_tokenizer_config, resolve_max_length
 
 _IMAGE_TYPES = (str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray)
@@ -106,7 +105,12 @@ class OnnxClipEncoder:
     def _load_vision(self) -> tuple[OrtSession, VisionGraphSpec, ImagePreprocessor]:
         with self._lock:
             if self._vision is None:
-                preprocess = ImagePreprocessor.from_config(json.loads(self.files.preprocessor_config.read_text()))
+                config_file = self.files.preprocessor_config
+                config = read_json(config_file)
+                try:
+                    preprocess = ImagePreprocessor.from_config(config)
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise ValueError(f"{config_file}: not a usable preprocessor config ({exc!s:.300})") from None
                 session = OrtSession(self.files.vision_graph, self._providers_arg, self.threads)
                 spec = VisionGraphSpec.from_session(session.session, self.files.vision_graph)
                 if spec.image_size is not None and preprocess.output_size != spec.image_size:
@@ -155,6 +159,11 @@ class OnnxClipEncoder:
         for index, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"texts[{index}] must be a str, got {type(text).__name__}: {text!r:.80}")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:  # a lone surrogate, e.g. from a bad decode
+                raise ValueError(f"texts[{index}] must be valid Unicode text, got a lone surrogate "
+                                 f"{text[exc.start]!r} at character {exc.start}") from None
         check_int("batch_size", batch_size, minimum=1)
         _check_flags(normalize=normalize, show_progress=show_progress)
         session, spec, batcher = self._load_text()

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_errors
 
 logger = logging.getLogger(__name__)
 
@@ -104,10 +105,14 @@ class OrtSession:
         if wants_gpu:
             _preload_cuda_libraries()
         with _output_captured(wants_gpu) as captured:
-            self.session = ort.InferenceSession(
-                str(self.path), options, providers=[name for name, _ in chain],
-                provider_options=[opts for _, opts in chain],
-            )
+            try:
+                self.session = ort.InferenceSession(
+                    str(self.path), options, providers=[name for name, _ in chain],
+                    provider_options=[opts for _, opts in chain],
+                )
+            except (_ort_errors.InvalidProtobuf, _ort_errors.InvalidGraph, _ort_errors.NoSuchFile) as exc:
+                raise ValueError(f"{self.path} is not a loadable ONNX graph ({type(exc).__name__}: "
+                                 f"{str(exc)[:300]})") from None
         #: The providers this session really uses, in priority order.
         self.providers: list[str] = self.session.get_providers()
         wanted = requested[0][0]  # the head of the chain; TensorRT falling back to CUDA counts too

@@ -13,6 +13,7 @@ graphs that also take ``attention_mask``.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,3 +146,14 @@ def _embedding_output(session, path: Path) -> TensorSpec:
     if len(named) != 1:
         raise ValueError(f"{path}: cannot tell the embedding output among {[t.name for t in outputs]}")
     return named[0]
+
+
+def read_json(path: Path) -> dict:
+    """A model folder's JSON config as a dict; anything else raises a ValueError naming the file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not valid UTF-8 JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data

@@ -8,12 +8,13 @@ The caller writes each batch's embeddings back at the returned positions, restor
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer
+
+from .spec import read_json
 
 #: Default truncation, in tokens (jina-clip-v1's own ``encode_text`` truncates at 512).
 DEFAULT_MAX_LENGTH = 512
@@ -22,7 +23,7 @@ _PAD_TOKENS = ("[PAD]", "<pad>", "<|endoftext|>")
 
 def read_tokenizer_config(path: Path | None) -> dict:
     """The contents of ``tokenizer_config.json``, or {} when the folder has none."""
-    return json.loads(Path(path).read_text()) if path else {}
+    return read_json(path) if path else {}
 
 
 def resolve_max_length(config: dict, max_length: int | None) -> int:
@@ -47,7 +48,10 @@ class TextBatcher:
     """
 
     def __init__(self, tokenizer_file: Path, max_length: int, config: dict | None = None):
-        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        try:
+            self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception for any unreadable file
+            raise ValueError(f"{tokenizer_file} is not a tokenizers tokenizer.json ({exc})") from None
         self.max_length = max_length
         self.pad_id = self._pad_id(config or {})
         self.tokenizer.no_padding()  # padding happens per batch, below

@@ -24,7 +24,7 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from .._checks import MODALITIES, as_matrix, check_int, check_modality, check_rows
+from .._checks import MODALITIES, as_array, as_matrix, check_int, check_modality, check_rows
 from ..calibration import GapCalibrator
 
 _ID_SPACE = 1 << 62  # ids=None draws ids uniformly from [0, 2**62): no counter to share between writers
@@ -163,13 +163,15 @@ def check_calibrator(calibrator) -> GapCalibrator:
 
 def check_ids(name, ids, n=None) -> np.ndarray:
     """A 1-D int64 array of distinct non-negative ids (-1 is reserved for "no result")."""
-    arr = np.asarray(ids)
+    arr = as_array(name, ids, "(n,)")
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
         raise TypeError(f"{name} must be an array of integer ids, got dtype {arr.dtype}")
     if arr.ndim != 1:
         raise ValueError(f"{name} must be a 1-D array of ids, got shape {arr.shape}")
     if n is not None and len(arr) != n:
         raise ValueError(f"{name} must hold one id per vector ({n}), got {len(arr)}")
+    if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{name} must fit in int64 (below 2**63), got {arr.max()}")
     arr = arr.astype(np.int64)
     if (arr < 0).any():
         raise ValueError(f"{name} must be non-negative (-1 marks a missing result), got "
@@ -319,7 +321,8 @@ class CalibratedStore:
                fields=None) -> SearchResult:
         """Top-k items by calibrated score for raw query embeddings.
 
-        ``item_modality=None`` ranks both modalities in one list. ``params``: the engine's search settings
+        ``item_modality=None`` ranks both modalities in one list. ``k`` beyond the number of stored items gives
+        them all: the result has ``min(k, len(store))`` columns (at least one). ``params``: the engine's search settings
         for this call (faiss: a dict such as ``{"efSearch": 64}`` or a ``faiss.SearchParameters``; Milvus:
         ``{"ef": 64}``); ``filter``: a payload filter where the engine has one (Milvus expressions);
         ``fields``: payload fields to return in ``result.fields``.
@@ -333,6 +336,7 @@ class CalibratedStore:
         where = self._backend.search_filter(filter)
         with self._lock.read():
             self._check_calibrator_unchanged()
+            k = max(1, min(k, sum(self._backend.count(m) for m in targets)))
             u = self._cal.transform_queries(q, query_modality=query_modality, item_modalities=targets)
             found = self._backend.search(u, query_modality, targets, k, settings, where, names)
         parts = []

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
+import threading
 from collections.abc import Mapping
 
 import numpy as np
@@ -29,6 +31,10 @@ MAX_TOPK = 16384  # Milvus refuses a search limit (top-k) or a batch of queries 
 _HITS_PER_REQUEST = 1 << 20  # queries per search request are capped so that one reply holds at most this many hits
 _ID_CHUNK = 4096  # ids per "id in [...]" expression (existence checks, deletes)
 _INDEX_KEYS = ("index_type", "metric_type", "params")
+# search-time settings of Milvus's vector indexes (HNSW*: ef; IVF*, SCANN: nprobe; SCANN: reorder_k; DISKANN:
+# search_list; AUTOINDEX: level; refine indexes: refine_k); range-search keys are left out: they change what a
+# top-k search returns
+SEARCH_SETTINGS = ("ef", "nprobe", "reorder_k", "search_list", "level", "refine_k", "max_empty_result_buckets")
 
 
 def _check_index_params(index_params) -> dict | None:
@@ -135,7 +141,13 @@ class MilvusBackend:
         if not isinstance(params, Mapping):
             raise TypeError(f"params must be a dict of Milvus index search settings such as {{'ef': 64}}, got "
                             f"{type(params).__name__}")
-        return dict(params)
+        for name, value in params.items():
+            if name not in SEARCH_SETTINGS:
+                raise ValueError(f"params keys must be among {list(SEARCH_SETTINGS)}, got {name!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                    or not 0 < value < 2 ** 31:
+                raise ValueError(f"params[{name!r}] must be a positive number below 2**31, got {value!r}")
+        return {name: value.item() if isinstance(value, np.generic) else value for name, value in params.items()}
 
     def search_filter(self, filter):
         """A Milvus boolean expression on payload fields (``'year >= 2020'``). Each modality's search runs in
@@ -159,9 +171,18 @@ class MilvusBackend:
         step = max(1, min(MAX_TOPK, _HITS_PER_REQUEST // k))
         fields = list(dict.fromkeys(["modality", *names]))  # never empty: Milvus Lite 3 reads [] as "all fields"
         for start in range(0, nq, step):
-            result = self.client.search(self.name, data=u[start:start + step], limit=k, filter=where,
-                                        search_params=settings, output_fields=fields, anns_field="vector",
-                                        partition_names=[modality])
+            _QUIET.active.on = bool(where)
+            try:
+                result = self.client.search(self.name, data=u[start:start + step], limit=k, filter=where,
+                                            search_params=settings, output_fields=fields, anns_field="vector",
+                                            partition_names=[modality])
+            except MilvusException as exc:
+                if where:
+                    raise ValueError(f"filter must be a Milvus boolean expression on this collection's fields, got "
+                                     f"{where!r}: Milvus says {exc.message}") from None
+                raise
+            finally:
+                _QUIET.active.on = False
             for row, hits in enumerate(result, start):
                 if not len(hits):
                     continue
@@ -170,6 +191,20 @@ class MilvusBackend:
                 for name in names:
                     values[name][row, :len(hits)] = [hit["entity"].get(name) for hit in hits]
         return raw, ids, values
+
+
+class _QuietFilterErrors(logging.Filter):
+    """Drops pymilvus's logged traceback of a failed search while this thread runs a search with a user
+    filter: the caller gets a ValueError naming the filter instead. Other calls and threads log as usual."""
+
+    active = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(self.active, "on", False)
+
+
+_QUIET = _QuietFilterErrors()
+logging.getLogger("pymilvus.decorators").addFilter(_QUIET)
 
 
 class MilvusStore(CalibratedStore):
@@ -231,8 +266,10 @@ class MilvusStore(CalibratedStore):
             # every client of that uri (3.x counts the clients of a shared connection and ignores the alias)
             client = MilvusClient(uri=uri, token=token, timeout=timeout, alias=f"gapcal-{secrets.token_hex(8)}")
         except MilvusException as exc:
+            hint = (" (Milvus Lite lets one process open a .db file at a time: another process may hold it)"
+                    if uri.endswith(".db") else "")
             raise ConnectionError(f"could not connect to Milvus at uri={uri!r} (timeout {timeout:g} s): "
-                                  f"{exc.message}") from exc
+                                  f"{exc.message}{hint}") from exc
         self._client = client
         try:
             if client.has_collection(collection):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -13,8 +13,8 @@ import faiss
 import numpy as np
 
 from ..._checks import MODALITIES, check_int, check_modality
-from ..._files import atomic_write
-from ..._format import check_checksum, check_header, new_header, sha256_of
+from ..._files import _alive, atomic_write, check_path, read_npz, remove_stale_temps
+from ..._format import check_checksum, check_header, check_sealed, new_header, sealed, sha256_of
 from ...calibration import GapCalibrator
 from ..core import CalibratedStore, check_calibrator, check_ids
 from . import plumbing
@@ -22,7 +22,7 @@ from .backends import LAYOUTS, PerModality, Wrapped
 
 _CHUNK = 65536
 FORMAT = "gapcal.MixedIndex"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: the sidecar carries a checksum of itself
 SIDECAR = "mixed.json"
 
 
@@ -220,7 +220,7 @@ class MixedIndex(CalibratedStore):
         a new set of files under a fresh token, flushes them, then replaces ``mixed.json`` with one atomic
         rename; files of the previous set are deleted afterwards.
         """
-        folder = Path(path)
+        folder = check_path("path", path)
         if folder.exists() and not folder.is_dir():
             raise ValueError(f"path must be a directory (a MixedIndex is saved as several files), got the file "
                              f"{str(folder)!r}")
@@ -231,7 +231,8 @@ class MixedIndex(CalibratedStore):
             previous = _read_sidecar(folder) if (folder / SIDECAR).exists() else None
             created = not folder.exists()
             folder.mkdir(exist_ok=True)
-            token, backend, written = secrets.token_hex(6), self._backend, []
+            _remove_orphans(folder, previous)
+            token, backend, written = f"{os.getpid()}-{secrets.token_hex(6)}", self._backend, []
 
             def record(name):
                 written.append(name)
@@ -244,18 +245,19 @@ class MixedIndex(CalibratedStore):
                     name = f"{key}-{token}.faiss"
                     written.append(name)
                     faiss.write_index(index, str(folder / name))
-                    indexes[key] = {**record(name), "ntotal": int(index.ntotal), "d": int(index.d)}
+                    indexes[key] = {**record(name), "ntotal": int(index.ntotal), "d": int(index.d),
+                                    "type": _kind(index)}
                 self._cal.save(folder / f"calibrator-{token}.npz")
                 calibrator = {**record(f"calibrator-{token}.npz"), "fingerprint": self._cal.fingerprint_}
                 atomic_write(folder / f"ids-{token}.npz", lambda fh: np.savez(fh, **backend.id_arrays()))
                 ids = record(f"ids-{token}.npz")
                 payload = json.dumps(backend.payload_state()).encode("utf-8")
                 atomic_write(folder / f"payload-{token}.json", lambda fh: fh.write(payload))
-                header = new_header(FORMAT, FORMAT_VERSION, dim=self._cal.dim_, backend=backend.state(),
+                header = sealed(new_header(FORMAT, FORMAT_VERSION, dim=self._cal.dim_, backend=backend.state(),
                                     calibrator=calibrator, indexes=indexes, ids=ids,
                                     payload=record(f"payload-{token}.json"),
                                     counts={m: {"live": len(backend.live[m]), "hidden": len(backend.hidden[m])}
-                                            for m in MODALITIES})
+                                            for m in MODALITIES}))
                 atomic_write(folder / SIDECAR, lambda fh: fh.write(json.dumps(header, indent=2).encode("utf-8")))
             except BaseException:
                 for name in written:
@@ -273,12 +275,13 @@ class MixedIndex(CalibratedStore):
 
         Every file is checked against the checksum ``mixed.json`` recorded for it.
         """
-        folder = Path(path)
+        folder = check_path("path", path)
         if not (folder / SIDECAR).is_file():
             raise FileNotFoundError(f"path does not hold a saved MixedIndex: {str(folder / SIDECAR)!r} does not "
                                     "exist")
         header = _read_sidecar(folder)
         where = repr(str(folder))
+        _remove_orphans(folder, header)
         try:
             state, dim = dict(header["backend"]), int(header["dim"])
             entries = {"calibrator": header["calibrator"], "ids": header["ids"], "payload": header["payload"],
@@ -309,10 +312,10 @@ class MixedIndex(CalibratedStore):
         indexes = {}
         for key, entry in header["indexes"].items():
             index = _read_faiss(folder / entry["file"])
-            if index.d != entry.get("d") or index.ntotal != entry.get("ntotal"):
-                raise ValueError(f"{str(folder / entry['file'])!r} does not match its sidecar: it holds {index.ntotal} "
-                                 f"vectors of dimension {index.d}, the sidecar says {entry.get('ntotal')} of "
-                                 f"dimension {entry.get('d')}")
+            if index.d != entry.get("d") or index.ntotal != entry.get("ntotal") or _kind(index) != entry.get("type"):
+                raise ValueError(f"{str(folder / entry['file'])!r} does not match its sidecar: it holds a {_kind(index)} "
+                                 f"index of {index.ntotal} vectors of dimension {index.d}, the sidecar says a "
+                                 f"{entry.get('type')} index of {entry.get('ntotal')} of dimension {entry.get('d')}")
             indexes[key] = index
         live, hidden = _read_ids(folder / entries["ids"]["file"], counts)
         payload = _read_payload(folder / entries["payload"]["file"])
@@ -340,13 +343,37 @@ def _read_sidecar(folder: Path) -> dict:
         header = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{str(path)!r} is not a gapcal MixedIndex sidecar (unreadable JSON: {exc})") from None
-    return check_header(header, format=FORMAT, version=FORMAT_VERSION, oldest=FORMAT_VERSION, where=repr(str(path)),
-                        what="gapcal MixedIndex sidecar", remedy="build the index again")
+    check_header(header, format=FORMAT, version=FORMAT_VERSION, oldest=FORMAT_VERSION, where=repr(str(path)),
+                 what="gapcal MixedIndex sidecar", remedy="build the index again")
+    check_sealed(header, repr(str(path)))
+    return header
+
+
+_OWN_FILE = re.compile(r"^(text|image|shared|calibrator|ids|payload)-(?P<pid>\d+)-[0-9a-f]{12}\.(faiss|npz|json)$")
+
+
+def _remove_orphans(folder: Path, header) -> None:
+    """Delete files an interrupted save left behind: gapcal's own names that ``header`` does not list, written
+    by processes that are gone (a save running elsewhere keeps its files), and their temporary files."""
+    listed = set(_files(header)) if header else set()
+    for entry in folder.iterdir():
+        match = _OWN_FILE.match(entry.name)
+        if match and entry.name not in listed and not _alive(int(match["pid"])):
+            entry.unlink(missing_ok=True)
+    remove_stale_temps(folder)
 
 
 def _files(header: dict) -> list:
     entries = [header.get(key) for key in ("calibrator", "ids", "payload")] + list(header.get("indexes", {}).values())
     return [e["file"] for e in entries if isinstance(e, dict) and isinstance(e.get("file"), str)]
+
+
+def _kind(index) -> str:
+    """The index's structure for the sidecar: class names down the id map, e.g. ``IndexIDMap2(HNSW32)``."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexIDMap):
+        return f"{type(index).__name__}({plumbing.describe(index.index)})"
+    return plumbing.describe(index)
 
 
 def _read_faiss(path: Path):
@@ -358,11 +385,9 @@ def _read_faiss(path: Path):
 
 
 def _read_ids(path: Path, counts: dict) -> tuple:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise ValueError(f"{str(path)!r} is not a readable id file (truncated or corrupt): {exc}") from None
+    most = 8 * sum(c for m in MODALITIES for c in counts[m].values())  # int64 ids: the sidecar bounds the file
+    arrays = read_npz(path, {f"{kind}_{m}": most for kind in ("live", "hidden") for m in MODALITIES},
+                      repr(str(path)))
     ids = {}
     for kind in ("live", "hidden"):
         ids[kind] = {}
