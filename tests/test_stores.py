@@ -348,6 +348,18 @@ def test_missing_local_folder_names_the_uri(cal, tmp_path):
         MilvusStore(cal, path, "items")
 
 
+def test_a_file_another_process_holds_is_named_with_the_lock_reason(store, uri, cal, tmp_path):
+    """Milvus Lite lets one process open a .db file; the second gets why, in one line, no logged traceback."""
+    cal.save(tmp_path / "cal.npz")
+    code = ("from gapcal import GapCalibrator; from gapcal.stores.milvus import MilvusStore\n"
+            f"try:\n    MilvusStore(GapCalibrator.load({str(tmp_path / 'cal.npz')!r}), {uri!r}, 'coco', timeout=10)\n"
+            "except ConnectionError as error:\n    print(error)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert f"could not connect to Milvus at uri='{uri}'" in out.stdout
+    assert "DataDirLockedError: another process holds the lock" in out.stdout, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+
+
 def test_importing_gapcal_does_not_import_pymilvus():
     code = ("import sys, gapcal, gapcal.stores; gapcal.GapCalibrator; import gapcal.calibration, gapcal.data; "
             "assert 'pymilvus' not in sys.modules and 'faiss' not in sys.modules")

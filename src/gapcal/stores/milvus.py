@@ -8,6 +8,7 @@ import os
 import secrets
 import threading
 from collections.abc import Mapping
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -171,18 +172,16 @@ class MilvusBackend:
         step = max(1, min(MAX_TOPK, _HITS_PER_REQUEST // k))
         fields = list(dict.fromkeys(["modality", *names]))  # never empty: Milvus Lite 3 reads [] as "all fields"
         for start in range(0, nq, step):
-            _QUIET.active.on = bool(where)
             try:
-                result = self.client.search(self.name, data=u[start:start + step], limit=k, filter=where,
-                                            search_params=settings, output_fields=fields, anns_field="vector",
-                                            partition_names=[modality])
+                with _QUIET.active(bool(where)):
+                    result = self.client.search(self.name, data=u[start:start + step], limit=k, filter=where,
+                                                search_params=settings, output_fields=fields, anns_field="vector",
+                                                partition_names=[modality])
             except MilvusException as exc:
                 if where:
                     raise ValueError(f"filter must be a Milvus boolean expression on this collection's fields, got "
                                      f"{where!r}: Milvus says {exc.message}") from None
                 raise
-            finally:
-                _QUIET.active.on = False
             for row, hits in enumerate(result, start):
                 if not len(hits):
                     continue
@@ -193,18 +192,32 @@ class MilvusBackend:
         return raw, ids, values
 
 
-class _QuietFilterErrors(logging.Filter):
-    """Drops pymilvus's logged traceback of a failed search while this thread runs a search with a user
-    filter: the caller gets a ValueError naming the filter instead. Other calls and threads log as usual."""
+class _QuietFailures(logging.Filter):
+    """While this thread is inside a call that turns a Milvus failure into our own one-line error (a search
+    with a user filter, opening a connection), drop the traceback pymilvus and Milvus Lite log for it and keep
+    the exception it names (Milvus Lite logs the real reason of a failed open, e.g. a held file lock)."""
 
-    active = threading.local()
+    state = threading.local()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not getattr(self.active, "on", False)
+        if not getattr(self.state, "on", False):
+            return True
+        if record.exc_info and record.exc_info[1] is not None:
+            self.state.reason = record.exc_info[1]
+        return False
+
+    @contextmanager
+    def active(self, on: bool = True):
+        self.state.on, self.state.reason = on, None
+        try:
+            yield self.state
+        finally:
+            self.state.on = False
 
 
-_QUIET = _QuietFilterErrors()
-logging.getLogger("pymilvus.decorators").addFilter(_QUIET)
+_QUIET = _QuietFailures()
+for _logger in ("pymilvus.decorators", "milvus_lite.server_manager"):
+    logging.getLogger(_logger).addFilter(_QUIET)
 
 
 class MilvusStore(CalibratedStore):
@@ -264,12 +277,14 @@ class MilvusStore(CalibratedStore):
         self._uri, self._name = uri, collection
         try:  # an alias of its own: pymilvus 2.x shares one connection per uri and close() would end it for
             # every client of that uri (3.x counts the clients of a shared connection and ignores the alias)
-            client = MilvusClient(uri=uri, token=token, timeout=timeout, alias=f"gapcal-{secrets.token_hex(8)}")
+            with _QUIET.active() as logged:
+                client = MilvusClient(uri=uri, token=token, timeout=timeout, alias=f"gapcal-{secrets.token_hex(8)}")
         except MilvusException as exc:
+            reason = f" ({type(logged.reason).__name__}: {logged.reason})" if logged.reason is not None else ""
             hint = (" (Milvus Lite lets one process open a .db file at a time: another process may hold it)"
-                    if uri.endswith(".db") else "")
+                    if uri.endswith(".db") and not reason else "")
             raise ConnectionError(f"could not connect to Milvus at uri={uri!r} (timeout {timeout:g} s): "
-                                  f"{exc.message}{hint}") from exc
+                                  f"{exc.message}{reason}{hint}") from exc
         self._client = client
         try:
             if client.has_collection(collection):
