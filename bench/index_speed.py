@@ -135,8 +135,44 @@ def bench(spec, n, cal, text_items, image_items, queries, settings, train_points
     bare_one = best_of(repeats, lambda: [bare.search(q_text[i:i + 1], K) for i in range(singles)])
     mixed_one = best_of(repeats, lambda: [mixed.search(q_text[i:i + 1], K, params=settings[0], query_modality="text")
                                           for i in range(singles)])
+    in_faiss = faiss_time(mixed, lambda: [mixed.search(q_text[i:i + 1], K, params=settings[0], query_modality="text")
+                                          for i in range(singles)], repeats)
     return {"spec": spec, "n": n, "build": (bare_build, mixed_build), "memory": memory, "runs": runs,
-            "single": (bare_one / singles, mixed_one / singles, singles, settings[0])}
+            "single": (bare_one / singles, mixed_one / singles, singles, settings[0]),
+            "overhead": (in_faiss[1] - in_faiss[0]) / singles}
+
+
+def faiss_time(mixed, run, repeats):
+    """(seconds inside the faiss search calls a run makes, the run's total): the least disturbed of ``repeats``.
+    The calls are timed by wrapping the search method of the sub-indexes' faiss classes for the run."""
+    classes = {type(mixed.faiss_index(m)) for m in ("text", "image")}
+    originals = {cls: cls.search for cls in classes}
+    spent = [0.0]
+
+    def timed(original):
+        def search(self, *args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return original(self, *args, **kwargs)
+            finally:
+                spent[0] += time.perf_counter() - start
+        return search
+
+    best = None
+    try:
+        for cls, original in originals.items():
+            cls.search = timed(original)
+        for _ in range(repeats):
+            spent[0] = 0.0
+            start = time.perf_counter()
+            run()
+            total = time.perf_counter() - start
+            if best is None or total < best[1]:
+                best = (spent[0], total)
+    finally:
+        for cls, original in originals.items():
+            cls.search = original
+    return best
 
 
 def _ratio_line(label, bare, mixed, digits):
@@ -162,6 +198,7 @@ def report(r) -> None:
     bare_one, mixed_one, singles, params = r["single"]
     print(_ratio_line(f"search{_setting(params)}, one query at a time (ms)", bare_one * 1e3, mixed_one * 1e3, 4)
           + f"  [{singles} text queries]")
+    print(f"      of which outside the faiss calls it makes: {r['overhead'] * 1e3:.4f} ms per query (target <= 0.05)")
 
 
 def main(argv=None) -> None:

@@ -432,7 +432,7 @@ def test_use_before_fit_raises_not_fitted():
     for call in (lambda: cal.transform(np.ones((2, 4)), modality="text"), lambda: cal.similarity(np.ones((1, 4)), np.ones((1, 4)), query_modality="text", item_modality="image"),
                  lambda: cal.transform_query(np.ones((1, 4)), query_modality="text", item_modality="image"), lambda: cal.summary(), lambda: cal.finalize(),
                  lambda: cal.output_dim_, lambda: cal.projection_matrix(modality="text"), lambda: cal.fingerprint_,
-                 lambda: cal.transform_queries(np.ones((1, 4)), query_modality="text"),
+                 lambda: cal.plan_queries(np.ones((1, 4)), query_modality="text"),
                  lambda: cal.map_scores(np.ones(2), query_modality="text", item_modality="text")):
         with pytest.raises(NotFittedError, match="not fitted yet: call fit"):
             call()
@@ -607,17 +607,19 @@ def test_public_names():
     assert "GapCalibrator" in repr(GapCalibrator())
 
 
-def test_transform_queries_equal_transform_query_for_each_item_modality(cal, coco):
+def test_plan_queries_equal_transform_query_for_each_item_modality(cal, coco):
     text, image = coco
     for query_modality, queries in (("text", text[:20]), ("image", image[:20])):
-        both = cal.transform_queries(queries, query_modality=query_modality)
+        both = cal.plan_queries(queries, query_modality=query_modality).vectors
         for item_modality, u in zip(("text", "image"), both):
             np.testing.assert_array_equal(u, cal.transform_query(queries, query_modality=query_modality, item_modality=item_modality))
-    assert len(cal.transform_queries(text[:3], query_modality="text", item_modalities=("image",))) == 1
+    plan = cal.plan_queries(text[:3], query_modality="text", item_modalities=("image",))
+    assert len(plan.vectors) == len(plan.maps) == 1 and plan.fingerprint == cal.fingerprint_
+    assert plan.maps[0] is cal.score_map(query_modality="text", item_modality="image")
     with pytest.raises(ValueError, match=r"item_modalities must be one of \('text', 'image'\), got 'audio'"):
-        cal.transform_queries(text[:3], query_modality="text", item_modalities=("text", "audio"))
+        cal.plan_queries(text[:3], query_modality="text", item_modalities=("text", "audio"))
     with pytest.raises(ValueError, match=r"queries must have dimension d=512"):
-        cal.transform_queries(text[:3, :10], query_modality="text")
+        cal.plan_queries(text[:3, :10], query_modality="text")
 
 
 def test_evaluation_pool_of_the_calibrator_agrees_with_metrics(captions):

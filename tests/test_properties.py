@@ -113,3 +113,19 @@ def test_fit_on_any_grouped_data_scores_or_says_why_not(seed, n, d, n_groups, re
         s = cal.similarity(text[:5], image[:4] if b == "image" else text[:4], query_modality=a, item_modality=b)
         assert s.shape == (5, 4) and np.isfinite(s).all()
     assert cal.summary().startswith(f"GapCalibrator fitted on {n} pairs")
+
+
+@FAST
+@given(seed=st.integers(0, 2**32 - 1), far=st.floats(1.0, 1e5))
+def test_score_maps_extend_linearly_beyond_their_knots_at_any_distance(seed, far):
+    """One np.interp over two far end knots serves the usual range; beyond them the same lines continue."""
+    from gapcal.calibration.scoremap import ScoreMap
+
+    rng = np.random.default_rng(seed)
+    x, y = np.cumsum(rng.uniform(0.01, 1, 12)), np.cumsum(rng.uniform(0.01, 1, 12))
+    m = ScoreMap(x, y, float(rng.uniform(0.1, 3)), float(rng.uniform(0.1, 3)))
+    probe = np.array([x[0] - far, x[0] - 0.5, x[3], x[-1] + 0.5, x[-1] + far, np.inf, -np.inf])
+    want = np.concatenate([y[0] + (probe[:2] - x[0]) * m.low_slope, np.interp(probe[2:3], x, y),
+                           y[-1] + (probe[3:5] - x[-1]) * m.high_slope, [np.inf, -np.inf]])
+    np.testing.assert_allclose(m(probe), want, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(m.inverse(m(probe[:5])), probe[:5], rtol=1e-9, atol=1e-6)

@@ -99,10 +99,10 @@ def unit_rows(name: str, x, row_offset: int = 0, out: np.ndarray | None = None) 
         np.copyto(target, rows, casting="unsafe")
         rows = target
     squares = np.einsum("ij,ij->i", rows, rows)
-    fine = np.isfinite(squares) & (squares > 0)
-    if fine.all():
-        np.multiply(rows, (1.0 / np.sqrt(squares))[:, None], out=target, casting="unsafe")
+    if not squares.size or (squares.min() > 0 and squares.max() < np.inf):  # NaN fails both: checked below
+        np.divide(rows, np.sqrt(squares)[:, None], out=target, casting="unsafe")
         return target
+    fine = np.isfinite(squares) & (squares > 0)
     redo = np.flatnonzero(~fine)
     wide = rows[redo].astype(np.float64)
     peak = np.abs(wide).max(axis=1)

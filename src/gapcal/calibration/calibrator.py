@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from typing import NamedTuple
 
 import numpy as np
 
@@ -23,6 +24,14 @@ _CHUNK = 65536
 _PARAMS = ("mean_shift", "projection", "hubness", "score_norm", "holdout_fraction", "sample_size")
 _FINALIZE = threading.Lock()  # one finalisation at a time (it is the expensive part)
 _SWAP = threading.Lock()  # held only to read or replace a calibrator's statistics and state together
+
+
+class QueryPlan(NamedTuple):
+    """One search's queries, prepared from one fitted state (see ``GapCalibrator.plan_queries``)."""
+
+    fingerprint: str
+    vectors: list
+    maps: list
 
 
 class GapCalibrator:
@@ -367,19 +376,21 @@ class GapCalibrator:
     def transform_query(self, queries, *, query_modality, item_modality) -> np.ndarray:
         """Query vectors for searching items of ``item_modality``: float32 (n, output_dim_)."""
         check_modality("item_modality", item_modality)
-        return self.transform_queries(queries, query_modality=query_modality, item_modalities=(item_modality,))[0]
+        return self.plan_queries(queries, query_modality=query_modality, item_modalities=(item_modality,)).vectors[0]
 
-    def transform_queries(self, queries, *, query_modality, item_modalities=MODALITIES) -> list:
-        """``transform_query`` for each of ``item_modalities``, validating and embedding the queries once
-        (a mixed search needs one query vector per item modality)."""
+    def plan_queries(self, queries, *, query_modality, item_modalities=MODALITIES) -> "QueryPlan":
+        """What a store needs to search ``item_modalities`` for these queries, all from one fitted state (so a
+        concurrent refit cannot mix two): its fingerprint, one ``transform_query`` array per item modality, and
+        the pair types' score maps. The queries are validated and embedded once."""
         check_modality("query_modality", query_modality)
         for item_modality in item_modalities:
             check_modality("item_modalities", item_modality)
-        return self._query_vectors(self._fitted(), queries, query_modality, item_modalities)
-
-    def _query_vectors(self, fitted, queries, query_modality, item_modalities):
+        state = self._snapshot()
+        fitted = state["model"]
         e = fitted.embed(self._units("queries", queries, fitted), query_modality)
-        return [np.ascontiguousarray(fitted.query_vectors(e, query_modality, m)) for m in item_modalities]
+        return QueryPlan(state["fingerprint"],
+                         [np.ascontiguousarray(fitted.query_vectors(e, query_modality, m)) for m in item_modalities],
+                         [fitted.maps[(query_modality, m)] for m in item_modalities])
 
     def map_scores(self, inner, *, query_modality, item_modality) -> np.ndarray:
         """Calibrated scores (float32, same shape) from inner products of ``transform_query`` vectors of
@@ -400,7 +411,8 @@ class GapCalibrator:
         check_modality("query_modality", query_modality)
         check_modality("item_modality", item_modality)
         fitted = self._fitted()  # one snapshot for every step, so a concurrent partial_fit cannot mix two fits
-        u = self._query_vectors(fitted, queries, query_modality, (item_modality,))[0]
+        e = fitted.embed(self._units("queries", queries, fitted), query_modality)
+        u = fitted.query_vectors(e, query_modality, item_modality)
         v = self._item_vectors(fitted, items, item_modality)
         return fitted.maps[(query_modality, item_modality)](u @ v.T).astype(np.float32)
 

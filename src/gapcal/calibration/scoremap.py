@@ -31,6 +31,7 @@ _TAIL_FRACTION = 0.01
 _GRID = 256
 _TIE_SLOPE = 1e-3  # keeps the relevance map strictly increasing where the positives' density dips
 MIN_POSITIVES = 50  # relevant pairs a pair type needs for its own density of positives
+_FAR = 1e3  # distance of ScoreMap's extra end knots beyond its last ones (see ScoreMap.__post_init__)
 
 
 @dataclass(frozen=True)
@@ -42,13 +43,21 @@ class ScoreMap:
     low_slope: float
     high_slope: float
 
+    def __post_init__(self):
+        # two far knots on the end slopes make one np.interp the whole map for any raw score a unit-vector
+        # inner product can give (|raw| is a few units at most); beyond them __call__ extends exactly
+        far = _FAR + np.abs(self.x).max()
+        x = np.concatenate([[self.x[0] - far], self.x, [self.x[-1] + far]])
+        y = np.concatenate([[self.y[0] - far * self.low_slope], self.y, [self.y[-1] + far * self.high_slope]])
+        object.__setattr__(self, "_knots", (x, y))
+
     def __call__(self, raw) -> np.ndarray:
+        x, y = self._knots
         raw = np.asarray(raw)
-        out = np.interp(raw, self.x, self.y)
-        below, above = raw < self.x[0], raw > self.x[-1]
-        if below.any():
+        out = np.interp(raw, x, y)
+        if raw.size and not (x[0] <= raw.min() and raw.max() <= x[-1]):  # NaN lands here too
+            below, above = raw < self.x[0], raw > self.x[-1]
             out[below] = self.y[0] + (raw[below] - self.x[0]) * self.low_slope
-        if above.any():
             out[above] = self.y[-1] + (raw[above] - self.x[-1]) * self.high_slope
         return out
 

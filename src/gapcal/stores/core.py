@@ -15,6 +15,7 @@ modality is searched with its own query and the lists are merged.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
@@ -220,19 +221,34 @@ def check_fields(fields) -> list:
 
 
 def merge_ranked(targets, parts, k):
-    """One ranked top-k from per-item-modality ones: ``parts[j] = (scores, ids)`` for ``targets[j]``.
+    """One ranked top-k from per-item-modality ones: ``parts[j] = (scores, ids)`` for ``targets[j]``, scores
+    as the pair types' maps give them (any float dtype).
 
-    Returns ``(order, scores, ids, modalities)``; ``order`` indexes the concatenated columns, for callers
-    that carry more per-hit data. Missing hits (id -1) rank last with score -inf.
+    Returns ``(order, scores, ids, modalities)``: float32 scores; ``order`` indexes the concatenated columns,
+    for callers that carry more per-hit data. Missing hits (id -1) rank last with score -inf and modality "".
     """
-    scores = np.concatenate([p[0] for p in parts], axis=1)
+    scores = np.concatenate([p[0] for p in parts], axis=1).astype(np.float32)
     ids = np.concatenate([p[1] for p in parts], axis=1)
-    codes = np.repeat(np.array([MODALITIES.index(m) for m in targets]), [p[1].shape[1] for p in parts])
-    codes = np.where(ids < 0, len(MODALITIES), codes)
-    scores[ids < 0] = -np.inf
+    codes = _modality_codes(tuple(targets), tuple(p[1].shape[1] for p in parts))
+    if ids.size and ids.min() < 0:
+        missing = ids < 0
+        codes = np.where(missing, len(MODALITIES), codes)
+        scores[missing] = -np.inf
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     rows = np.arange(len(ids))[:, None]
-    return order, scores[rows, order], ids[rows, order], np.array([*MODALITIES, ""])[codes[rows, order]]
+    picked = codes[order] if codes.ndim == 1 else codes[rows, order]
+    return order, scores[rows, order], ids[rows, order], _LABELS[picked]
+
+
+@functools.lru_cache(maxsize=64)
+def _modality_codes(targets: tuple, widths: tuple) -> np.ndarray:
+    """The modality code of each concatenated column (read-only: shared between calls)."""
+    codes = np.repeat([MODALITIES.index(m) for m in targets], widths)
+    codes.setflags(write=False)
+    return codes
+
+
+_LABELS = np.array([*MODALITIES, ""])
 
 
 # -------------------------------------------------------------------- the store
@@ -258,9 +274,12 @@ class CalibratedStore:
         return sum(self._backend.count(m) for m in MODALITIES)
 
     def _check_calibrator_unchanged(self) -> None:
-        if self._cal.fingerprint_ != self._fingerprint:
+        self._check_fingerprint(self._cal.fingerprint_)
+
+    def _check_fingerprint(self, fingerprint) -> None:
+        if fingerprint != self._fingerprint:
             raise ValueError(f"the calibrator was refitted after this {type(self).__name__} was made (fingerprint "
-                             f"{self._fingerprint} -> {self._cal.fingerprint_}), so the stored vectors no longer "
+                             f"{self._fingerprint} -> {fingerprint}), so the stored vectors no longer "
                              "match it: store the items again with the refitted calibrator")
 
     def _rows(self, name, vectors, allow_empty=True):
@@ -330,19 +349,16 @@ class CalibratedStore:
         check_modality("query_modality", query_modality)
         targets = MODALITIES if item_modality is None else (check_modality("item_modality", item_modality),)
         k = check_int("k", k, minimum=1)
-        q = self._rows("queries", queries, allow_empty=False)  # transform_queries checks the rows
+        q = self._rows("queries", queries, allow_empty=False)  # plan_queries checks the rows
         names = check_fields(fields)
         settings = self._backend.search_settings(params)
         where = self._backend.search_filter(filter)
         with self._lock.read():
-            self._check_calibrator_unchanged()
+            plan = self._cal.plan_queries(q, query_modality=query_modality, item_modalities=targets)
+            self._check_fingerprint(plan.fingerprint)
             k = max(1, min(k, sum(self._backend.count(m) for m in targets)))
-            u = self._cal.transform_queries(q, query_modality=query_modality, item_modalities=targets)
-            found = self._backend.search(u, query_modality, targets, k, settings, where, names)
-        parts = []
-        for m, (raw, ids, _) in zip(targets, found, strict=True):
-            scores = self._cal.map_scores(raw, query_modality=query_modality, item_modality=m)
-            parts.append((np.where(ids >= 0, scores, np.float32(-np.inf)).astype(np.float32), ids))
+            found = self._backend.search(plan.vectors, query_modality, targets, k, settings, where, names)
+        parts = [(score_map(raw), ids) for score_map, (raw, ids, _) in zip(plan.maps, found, strict=True)]
         order, scores, ids, modalities = merge_ranked(targets, parts, k)
         values = {name: np.take_along_axis(np.concatenate([f[2][name] for f in found], axis=1), order, 1)
                   for name in names}

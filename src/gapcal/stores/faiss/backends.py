@@ -188,8 +188,10 @@ class PerModality(FaissBackend):
         trained = [(m, u) for m, u in zip(targets, queries) if self.is_trained(m)]
         search = self._search_lists if self.lists["text"][0] is not None else self._search_each
         found = dict(zip([m for m, _ in trained], search(trained, query_modality, k, settings) if trained else []))
-        nothing = (np.full((len(queries[0]), k), -np.inf, dtype=np.float32), np.full((len(queries[0]), k), -1))
-        return self._with_fields([found.get(m, nothing) for m in targets], names)
+        if len(found) < len(targets):
+            nothing = (np.full((len(queries[0]), k), -np.inf, dtype=np.float32), np.full((len(queries[0]), k), -1))
+            found = {m: found.get(m, nothing) for m in targets}
+        return self._with_fields([found[m] for m in targets], names)
 
     def _search_each(self, trained, query_modality, k, settings):
         parts = []
