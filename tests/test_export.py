@@ -293,6 +293,12 @@ def test_hub_id_offline_says_how_to_use_a_local_folder(tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("out_dir", [None, "", 3, "nul\0byte"])
+def test_out_dir_must_be_a_path(out_dir):
+    with pytest.raises((TypeError, ValueError), match=r"out_dir must (be a file system path|not contain a NUL)"):
+        export_model(MASKED, out_dir)
+
+
 def test_out_dir_exists(tmp_path):
     out = tmp_path / "out"
     out.mkdir()

@@ -39,7 +39,7 @@ def umask() -> int:
     return mask
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     """Whether process ``pid`` still runs (ours always does)."""
     if pid == os.getpid():
         return True
@@ -57,23 +57,17 @@ def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}")
 
 
-def remove_stale_temps(folder: Path, name: str | None = None) -> int:
+def remove_stale_temps(folder: Path, name: str | None = None) -> None:
     """Delete temporary files in ``folder`` (of ``name`` only, if given) left by processes that died while
-    writing them; returns how many. Files of live writers are kept."""
-    removed = 0
+    writing them. Files of live writers are kept."""
     try:
         entries = list(folder.iterdir())
     except OSError:
-        return 0
+        return
     for entry in entries:
         match = _TEMP.match(entry.name)
-        if match and (name is None or match["name"] == name) and not _alive(int(match["pid"])):
-            try:
-                entry.unlink()
-                removed += 1
-            except OSError:
-                pass
-    return removed
+        if match and (name is None or match["name"] == name) and not alive(int(match["pid"])):
+            entry.unlink(missing_ok=True)
 
 
 def atomic_write(path, write) -> None:

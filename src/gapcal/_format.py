@@ -43,7 +43,7 @@ def sealed(header: dict) -> dict:
 
 def check_sealed(header: dict, where: str) -> None:
     """Refuse a header written by ``sealed`` whose values changed since."""
-    if header.get("sha256") != _digest({key: value for key, value in header.items() if key != "sha256"}):
+    if header.get("sha256") != sealed(header)["sha256"]:
         raise ValueError(f"{where} does not match the checksum recorded in it (corrupt or edited)")
 
 

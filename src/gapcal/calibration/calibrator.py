@@ -387,10 +387,12 @@ class GapCalibrator:
             check_modality("item_modalities", item_modality)
         state = self._snapshot()
         fitted = state["model"]
-        e = fitted.embed(self._units("queries", queries, fitted), query_modality)
-        return QueryPlan(state["fingerprint"],
-                         [np.ascontiguousarray(fitted.query_vectors(e, query_modality, m)) for m in item_modalities],
+        return QueryPlan(state["fingerprint"], self._query_vectors(fitted, queries, query_modality, item_modalities),
                          [fitted.maps[(query_modality, m)] for m in item_modalities])
+
+    def _query_vectors(self, fitted, queries, query_modality, item_modalities) -> list:
+        e = fitted.embed(self._units("queries", queries, fitted), query_modality)
+        return [np.ascontiguousarray(fitted.query_vectors(e, query_modality, m)) for m in item_modalities]
 
     def map_scores(self, inner, *, query_modality, item_modality) -> np.ndarray:
         """Calibrated scores (float32, same shape) from inner products of ``transform_query`` vectors of
@@ -411,8 +413,7 @@ class GapCalibrator:
         check_modality("query_modality", query_modality)
         check_modality("item_modality", item_modality)
         fitted = self._fitted()  # one snapshot for every step, so a concurrent partial_fit cannot mix two fits
-        e = fitted.embed(self._units("queries", queries, fitted), query_modality)
-        u = fitted.query_vectors(e, query_modality, item_modality)
+        u = self._query_vectors(fitted, queries, query_modality, (item_modality,))[0]
         v = self._item_vectors(fitted, items, item_modality)
         return fitted.maps[(query_modality, item_modality)](u @ v.T).astype(np.float32)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 import uuid
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .._checks import check_int
+from .._files import check_path, umask
 from ..encoders.images import ImagePreprocessor
 from ..encoders.spec import PRECISIONS
 from ..encoders.text import TextBatcher, read_tokenizer_config
@@ -106,7 +106,7 @@ def export_model(source: str | Path, out_dir: str | Path, *, precision: str = "f
     tmp = None
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; OUT_DIR gets the usual permissions
+        tmp.chmod(0o777 & ~umask())  # mkdtemp makes it private; OUT_DIR gets the usual permissions
         (tmp / "onnx").mkdir()
         text_graph, vision_graph = tmp / "onnx/text_model.onnx", tmp / "onnx/vision_model.onnx"
         with _quiet():
@@ -174,9 +174,7 @@ def _check_choice(name: str, value, choices: tuple) -> None:
 
 
 def _check_out_dir(out_dir, overwrite: bool) -> Path:
-    if not isinstance(out_dir, (str, os.PathLike)) or not str(out_dir):
-        raise TypeError(f"out_dir must be a folder path, got {type(out_dir).__name__} {out_dir!r}")
-    out = Path(out_dir).expanduser().absolute()
+    out = check_path("out_dir", out_dir).expanduser().absolute()
     if out.exists():
         if not out.is_dir():
             raise ExportError(f"OUT_DIR {str(out_dir)!r} exists and is not a folder; choose another path")
@@ -289,12 +287,6 @@ def _create_parents(folder: Path) -> list[Path]:
     missing = [p for p in (folder, *folder.parents) if not p.exists()]
     folder.mkdir(parents=True, exist_ok=True)
     return missing
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _remove_if_empty(folder: Path) -> None:

@@ -13,7 +13,7 @@ import faiss
 import numpy as np
 
 from ..._checks import MODALITIES, check_int, check_modality
-from ..._files import _alive, atomic_write, check_path, read_npz, remove_stale_temps
+from ..._files import alive, atomic_write, check_path, read_npz, remove_stale_temps
 from ..._format import check_checksum, check_header, check_sealed, new_header, sealed, sha256_of
 from ...calibration import GapCalibrator
 from ..core import CalibratedStore, check_calibrator, check_ids
@@ -358,7 +358,7 @@ def _remove_orphans(folder: Path, header) -> None:
     listed = set(_files(header)) if header else set()
     for entry in folder.iterdir():
         match = _OWN_FILE.match(entry.name)
-        if match and entry.name not in listed and not _alive(int(match["pid"])):
+        if match and entry.name not in listed and not alive(int(match["pid"])):
             entry.unlink(missing_ok=True)
     remove_stale_temps(folder)
 
