@@ -267,7 +267,7 @@ def bad_adds(text):
         (lambda s: s.add(text[:3], modality="text", payload={"url": ["a", "b"]}), ValueError,
          r"payload\['url'\] must hold one value per vector \(3\), got 2"),
         (lambda s: s.add(text[:3], modality="text", payload={"modality": ["a"] * 3}), ValueError,
-         "payload field names must be identifiers .* other than"),
+         "payload field names must be an identifier .* other than"),
         (lambda s: s.add(text[:3], modality="text", payload={"x": [object()] * 3}), TypeError, r"payload\['x'\] must hold JSON"),
         (lambda s: s.add(text[:3], modality="text", payload={"x": [float("nan")] * 3}), TypeError, r"payload\['x'\] must hold JSON"),
         (lambda s: s.add(text[:3], modality="text", payload={"x": "abc"}), TypeError, r"payload\['x'\] must be a list or array"),

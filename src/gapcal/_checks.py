@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 MODALITIES = ("text", "image")
+FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")  # payload fields: valid in faiss sidecars and Milvus schemas
+RESERVED_FIELDS = ("id", "vector", "modality")  # names the stores use themselves
+
+
+def check_field_name(name: str, value) -> str:
+    """A payload field name: an identifier other than the reserved ones."""
+    if not isinstance(value, str) or not FIELD_NAME.fullmatch(value) or value in RESERVED_FIELDS:
+        raise ValueError(f"{name} must be an identifier (a letter or underscore, then letters, digits or underscores) "
+                         f"other than {RESERVED_FIELDS}, got {value!r}")
+    return value
 
 
 class NotFittedError(ValueError, AttributeError):

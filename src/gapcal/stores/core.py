@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 import threading
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
@@ -25,12 +24,10 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from .._checks import MODALITIES, as_array, as_matrix, check_int, check_modality, check_rows
+from .._checks import MODALITIES, as_array, as_matrix, check_field_name, check_int, check_modality, check_rows
 from ..calibration import GapCalibrator
 
 _ID_SPACE = 1 << 62  # ids=None draws ids uniformly from [0, 2**62): no counter to share between writers
-NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
-RESERVED_FIELDS = ("id", "vector", "modality")
 
 
 class _Ranked(NamedTuple):
@@ -192,9 +189,7 @@ def check_payload(payload, n: int) -> dict:
                         f"{type(payload).__name__}")
     columns = {}
     for name, values in payload.items():
-        if not isinstance(name, str) or not NAME.fullmatch(name) or name in RESERVED_FIELDS:
-            raise ValueError("payload field names must be identifiers (a letter or underscore, then letters, digits "
-                             f"or underscores) other than {RESERVED_FIELDS}, got {name!r}")
+        check_field_name("payload field names", name)
         if isinstance(values, np.ndarray):
             column = values.tolist()
         elif isinstance(values, Sequence) and not isinstance(values, (str, bytes)):

@@ -19,9 +19,9 @@ except ImportError as exc:  # the optional extra is missing
     raise ImportError(f"gapcal.stores.milvus needs the milvus extra ({exc.name} is missing): "
                       "pip install 'gapcal[milvus]'") from exc
 
-from .._checks import MODALITIES, check_int
+from .._checks import FIELD_NAME, MODALITIES, check_int
 from .._format import check_header, new_header
-from .core import NAME, CalibratedStore, check_calibrator
+from .core import CalibratedStore, check_calibrator
 
 FORMAT = "gapcal.MilvusStore"
 FORMAT_VERSION = 2  # 2: one partition per modality
@@ -262,7 +262,7 @@ class MilvusStore(CalibratedStore):
             raise TypeError(f"uri must be a local file path ending in .db (Milvus Lite) or a server address like "
                             f"'http://host:19530', got {type(uri).__name__}")
         uri = os.fspath(uri)
-        if not isinstance(collection, str) or not NAME.fullmatch(collection):
+        if not isinstance(collection, str) or not FIELD_NAME.fullmatch(collection):
             raise ValueError("collection must be a Milvus collection name (a letter or underscore, then letters, "
                              f"digits or underscores, at most 255 characters), got {collection!r}")
         wanted_index = _check_index_params(index_params)

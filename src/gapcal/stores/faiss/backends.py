@@ -115,12 +115,14 @@ class PerModality(FaissBackend):
 
     layout = "per-modality"
 
-    def __init__(self, calibrator, subs: dict, width: int, spec: str, spread=None, **bookkeeping):
+    def __init__(self, calibrator, subs: dict, width: int, spec: str, spread=None, defaults=None, **bookkeeping):
         super().__init__(calibrator, **bookkeeping)
         self.subs, self.width, self.spec = subs, width, spec
         self.removable = {m: plumbing.can_remove(subs[m]) for m in MODALITIES}
         self.structures = plumbing.structures(subs["text"])
         self._hidden_sel = {m: None for m in MODALITIES}  # selectors that skip ids faiss could not delete
+        self._params = {}  # (modality, settings) -> (SearchParameters, keep): built once, read by every search
+        self.defaults = self.check_defaults(defaults)  # query modality -> item modality -> settings
         self.lists = {m: plumbing.inverted_lists(subs[m]) for m in MODALITIES}  # (IVF structure, transforms)
         for ivf, _ in self.lists.values():
             if ivf is not None and ivf.parallel_mode == 0:
@@ -182,6 +184,39 @@ class PerModality(FaissBackend):
             self._hidden_sel[modality] = (faiss.IDSelectorNot(inner), inner)
         else:
             self._hidden_sel[modality] = None
+        self._params = {key: value for key, value in self._params.items() if key[0] != modality}
+
+    def check_defaults(self, defaults) -> dict:
+        """Stored search settings: ``{query modality: {item modality: settings}}``, each checked like ``params``."""
+        if not defaults:
+            return {}
+        if not isinstance(defaults, dict):
+            raise TypeError(f"search defaults must be a dict {{query modality: {{item modality: settings}}}}, got "
+                            f"{type(defaults).__name__}")
+        out = {}
+        for query_modality, per_item in defaults.items():
+            check_modality("a search defaults key (query modality)", query_modality)
+            if not isinstance(per_item, dict):
+                raise TypeError(f"search defaults[{query_modality!r}] must map item modalities to settings, got "
+                                f"{type(per_item).__name__}")
+            out[query_modality] = {check_modality("an item modality of the search defaults", m):
+                                   self.search_settings(settings) for m, settings in per_item.items()}
+        return out
+
+    def _search_params(self, modality, settings):
+        """Per-call faiss SearchParameters for one modality. Those for explicit settings are cached (building
+        them costs about as much as a short walk); without settings they copy the index's own, which may change."""
+        key = (modality, tuple(sorted(settings.items())))
+        found = self._params.get(key)
+        if found is None:
+            hidden = self._hidden_sel[modality]
+            params, keep = plumbing.search_parameters(self.subs[modality], hidden and hidden[0], settings)
+            found = (params, (keep, hidden))
+            if settings:
+                if len(self._params) >= 64:
+                    self._params = {}
+                self._params[key] = found
+        return found  # (params, objects faiss only points to: hold them while searching)
 
     def search(self, queries, query_modality, targets, k, settings, where, names):
         """Raw top-k per target modality; an untrained modality holds nothing: no hits."""
@@ -194,18 +229,19 @@ class PerModality(FaissBackend):
         return self._with_fields([found[m] for m in targets], names)
 
     def _search_each(self, trained, query_modality, k, settings):
+        defaults = self.defaults.get(query_modality, {})
         parts = []
         for m, u in trained:
-            hidden = self._hidden_sel[m]
-            params, keep = plumbing.search_parameters(self.subs[m], hidden and hidden[0], settings)
-            scores, ids = self.subs[m].search(self._padded(u), k, params=params)
+            params, keep = self._search_params(m, settings or defaults.get(m, {}))
+            parts.append(self.subs[m].search(self._padded(u), k, params=params))
             del keep
-            parts.append((scores, ids))
         return parts
 
     def _search_lists(self, trained, query_modality, k, settings):
         """IVF: rank the lists of every target modality by calibrated reach, scan the best ``nprobe`` in all."""
-        budget = int(settings.get("nprobe", max(self.lists[m][0].nprobe for m, _ in trained)))
+        defaults = self.defaults.get(query_modality, {})
+        stored = [defaults[m]["nprobe"] for m, _ in trained if "nprobe" in defaults.get(m, {})]
+        budget = int(settings.get("nprobe", max(stored or [self.lists[m][0].nprobe for m, _ in trained])))
         probes = []
         for m, u in trained:
             ivf, chain = self.lists[m]
@@ -235,7 +271,8 @@ class PerModality(FaissBackend):
         return dict(self.subs)
 
     def state(self) -> dict:
-        return {"layout": self.layout, "spec": self.spec, "width": self.width, "list_spread": self.spread}
+        return {"layout": self.layout, "spec": self.spec, "width": self.width, "list_spread": self.spread,
+                "search_defaults": self.defaults}
 
     @classmethod
     def restore(cls, calibrator, state: dict, indexes: dict, where: str, **bookkeeping) -> "PerModality":
@@ -255,8 +292,13 @@ class PerModality(FaissBackend):
                                  f"be a non-negative number, got {value!r}")
         for m in MODALITIES:
             check_stored(indexes[m], where, m, np.concatenate([bookkeeping["live"][m], bookkeeping["hidden"][m]]))
-        return cls(calibrator, indexes, width, str(state.get("spec")), {m: spread.get(m) for m in MODALITIES},
-                   **bookkeeping)
+        backend = cls(calibrator, indexes, width, str(state.get("spec")), {m: spread.get(m) for m in MODALITIES},
+                      **bookkeeping)
+        try:
+            backend.defaults = backend.check_defaults(state.get("search_defaults"))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: its stored search defaults are invalid: {exc}") from None
+        return backend
 
 
 class Wrapped(FaissBackend):

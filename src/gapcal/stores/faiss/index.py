@@ -210,6 +210,52 @@ class MixedIndex(CalibratedStore):
         """Whether one modality's faiss index can take items (IVF and PQ indexes need ``train`` first)."""
         return self._backend.is_trained(check_modality("modality", modality))
 
+    # ------------------------------------------------------------------ search settings
+    @property
+    def search_defaults(self) -> dict:
+        """Settings a search without ``params`` uses: ``{query modality: {item modality: {"efSearch": 96}}}``
+        (``tune`` chooses them; saved with the index). Empty: faiss's own settings."""
+        return {q: {m: dict(v) for m, v in per.items()} for q, per in getattr(self._backend, "defaults", {}).items()}
+
+    def set_search_defaults(self, defaults) -> None:
+        """Replace the stored search settings (``{}`` or None: faiss's own)."""
+        backend = self._per_modality("set_search_defaults")
+        checked = backend.check_defaults(defaults)
+        with self._lock.write():
+            backend.defaults = checked
+
+    def tune(self, queries, *, query_modality, target_recall=0.95, k=10, exclude_ids=None) -> dict:
+        """Choose and store the cheapest efSearch (per item modality) or nprobe whose recall@k against exact
+        calibrated search reaches ``target_recall`` for these sample queries (raw embeddings of
+        ``query_modality``). ``exclude_ids``: one id per query (-1: none) not to count, for queries that are
+        themselves stored items. Returns the chosen settings and the recall they reached."""
+        from .tuning import tune
+
+        backend = self._per_modality("tune")
+        check_modality("query_modality", query_modality)
+        q = self._rows("queries", queries, allow_empty=False)
+        if isinstance(target_recall, bool) or not isinstance(target_recall, (int, float)) \
+                or not 0 < target_recall <= 1:
+            raise ValueError(f"target_recall must be a number in (0, 1], got {target_recall!r}")
+        k = check_int("k", k, minimum=1)
+        exclude = None
+        if exclude_ids is not None:
+            exclude = np.asarray(exclude_ids)
+            if exclude.shape != (len(q),) or exclude.dtype.kind not in "iu":
+                raise ValueError(f"exclude_ids must hold one integer id per query ({len(q)},), got "
+                                 f"{exclude.dtype} {exclude.shape}")
+            exclude = exclude.astype(np.int64)
+        with self._lock.read():
+            self._check_calibrator_unchanged()
+        return tune(self, q, query_modality=query_modality, target_recall=float(target_recall), k=k,
+                    exclude_ids=exclude)
+
+    def _per_modality(self, what: str):
+        if not hasattr(self._backend, "defaults"):
+            raise ValueError(f"{what} applies to indexes MixedIndex built per modality; this one searches a wrapped "
+                             "index in place (pass params to search instead)")
+        return self._backend
+
     # ------------------------------------------------------------------ persistence
     def save(self, path) -> None:
         """Write the index to the directory ``path``; atomic (a crash leaves the old or the new one readable),

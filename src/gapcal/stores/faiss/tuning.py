@@ -1,0 +1,109 @@
+"""Choosing a MixedIndex's stored search settings: the cheapest efSearch / nprobe that reach a target recall.
+
+Recall is measured against exact calibrated search on sample queries. HNSW gets one efSearch per (query
+modality, item modality): a cross-modal walk (a text query in the image graph) is out of distribution and
+needs a wider beam than a same-modal one, so one shared efSearch would overpay on the easy walk.
+IVF gets one nprobe budget per query modality, shared by both modalities' lists as at search time.
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+from ..._checks import MODALITIES
+from ..core import merge_ranked
+
+EF_LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean share of each row's true ids (ignoring -1) that ``found`` holds."""
+    shares = []
+    for got, want in zip(found, truth):
+        want = want[want >= 0]
+        if len(want):
+            shares.append(np.isin(want, got).mean())
+    return float(np.mean(shares)) if shares else 1.0
+
+
+def _drop(ids: np.ndarray, scores: np.ndarray | None, exclude: np.ndarray, k: int):
+    """Each row without its excluded id, cut to ``k`` columns (the excluded item is the query itself)."""
+    keep = ids != exclude[:, None]
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+    rows = np.arange(len(ids))[:, None]
+    return ids[rows, order], None if scores is None else scores[rows, order]
+
+
+def _exact_one(backend, modality, u: np.ndarray, k: int):
+    """Exact top-k inner products among the live items of one modality: the graph's flat storage scanned in
+    full (an HNSW walk with efSearch = ntotal where the storage cannot be reached)."""
+    sub = backend.subs[modality]
+    hidden = backend.hidden[modality]
+    wide = min(k + len(hidden), sub.ntotal)
+    inner = faiss.downcast_index(sub.index) if isinstance(sub, faiss.IndexIDMap) else None
+    if isinstance(inner, faiss.IndexHNSW):
+        scores, rows = faiss.downcast_index(inner.storage).search(backend._padded(u), wide)
+        id_map = faiss.vector_to_array(sub.id_map)
+        ids = np.where(rows >= 0, id_map[np.maximum(rows, 0)], -1)
+    else:
+        scores, ids = sub.search(backend._padded(u), wide, params=faiss.SearchParametersHNSW(efSearch=sub.ntotal))
+    if len(hidden):
+        gone = np.isin(ids, hidden)
+        scores, ids = np.where(gone, -np.inf, scores), np.where(gone, -1, ids)
+        order = np.argsort(gone, axis=1, kind="stable")
+        scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+    return scores[:, :k], ids[:, :k]
+
+
+def tune(mixed, queries, *, query_modality: str, target_recall: float, k: int, exclude_ids) -> dict:
+    """Store in ``mixed`` the cheapest settings whose recall@k for these queries reaches ``target_recall``;
+    returns what was chosen and measured."""
+    backend = mixed._backend
+    cal = mixed.calibrator
+    targets = tuple(m for m in MODALITIES if backend.count(m))
+    exclude = np.full(len(queries), -1, dtype=np.int64) if exclude_ids is None else exclude_ids
+    report = {"query_modality": query_modality, "queries": len(queries), "k": k, "target": target_recall}
+    if not targets or not backend.structures:
+        return {**report, "settings": {}, "recall": 1.0, "reached": True, "note": "exact search: nothing to tune"}
+    plan = cal.plan_queries(queries, query_modality=query_modality, item_modalities=targets)
+    wide = k + 1  # one more, for the excluded query itself
+    if "ivf" in backend.structures:
+        total = sum(backend.lists[m][0].nlist for m in targets)
+        truth = mixed.search(queries, wide, query_modality=query_modality, params={"nprobe": total}).ids
+        truth = _drop(truth, None, exclude, k)[0]
+        budget, recall = total, 1.0
+        for nprobe in [2 ** i for i in range(int(np.log2(total)) + 1)] + [total]:
+            found = mixed.search(queries, wide, query_modality=query_modality, params={"nprobe": nprobe}).ids
+            recall = recall_at_k(_drop(found, None, exclude, k)[0], truth)
+            if recall >= target_recall:
+                budget = nprobe
+                break
+        chosen = {m: {"nprobe": int(budget)} for m in targets}
+    else:
+        exact = [_exact_one(backend, m, u, wide) for m, u in zip(targets, plan.vectors)]
+        parts = [(score_map(s), i) for score_map, (s, i) in zip(plan.maps, exact)]
+        truth = _drop(merge_ranked(targets, parts, wide)[2], None, exclude, k)[0]
+        own_truth = {m: _drop(i, None, exclude, k)[0] for m, (s, i) in zip(targets, exact)}
+        rung = {}
+        for m, u in zip(targets, plan.vectors):
+            for rung[m], ef in enumerate(EF_LADDER):
+                if ef < wide:
+                    continue
+                ids = backend._search_each([(m, u)], query_modality, wide, {"efSearch": ef})[0][1]
+                if recall_at_k(_drop(ids, None, exclude, k)[0], own_truth[m]) >= target_recall:
+                    break
+        while True:  # the merged list: widen the walk that misses most until it reaches the target too
+            chosen = {m: {"efSearch": EF_LADDER[rung[m]]} for m in targets}
+            found = [backend._search_each([(m, u)], query_modality, wide, chosen[m])[0]
+                     for m, u in zip(targets, plan.vectors)]
+            merged = merge_ranked(targets, [(f(s), i) for f, (s, i) in zip(plan.maps, found)], wide)[2]
+            merged = _drop(merged, None, exclude, k)[0]
+            recall = recall_at_k(merged, truth)
+            raisable = [m for m in targets if rung[m] + 1 < len(EF_LADDER)]
+            if recall >= target_recall or not raisable:
+                break
+            missed = {m: recall_at_k(merged, np.where(np.isin(truth, backend.live[m]), truth, -1)) for m in raisable}
+            rung[min(missed, key=missed.get)] += 1
+    backend.defaults = backend.check_defaults({**backend.defaults, query_modality: chosen})
+    return {**report, "settings": chosen, "recall": round(recall, 4), "reached": bool(recall >= target_recall)}
