@@ -1,5 +1,6 @@
 """The gapcal command, driven as a user would: a subprocess."""
 
+import os
 import re
 import subprocess
 import sys
@@ -41,6 +42,11 @@ def test_usage_errors_exit_2():
      "-k: expected a positive integer, got '1.5'"),
     (["embed", "--model", "m", "--texts", "t.txt", "-o", "v.npy", "--batch-size", "0"],
      "--batch-size: expected a positive integer, got 0"),
+    (["--threads", "0", "demo"], "--threads: expected a positive integer, got 0"),
+    (["build", "p.csv", "--model", "m", "-o", "out", "--target-recall", "1.2"],
+     r"--target-recall: expected a number in \(0, 1\], got 1.2"),
+    (["serve", "ix", "--port", "70000"], "--port: expected a port from 0 to 65535, got 70000"),
+    (["search", "ix", "a cat", "-k", "0"], "-k: expected a positive integer, got 0"),
 ])
 def test_zero_or_negative_counts_are_usage_errors(args, message, capsys):
     from gapcal.cli import main
@@ -154,9 +160,9 @@ def test_embed_images_and_texts_with_the_tiny_model(tmp_path):
     assert out.returncode == 0, out.stderr
     vectors = np.load(tmp_path / "img.npy")
     ids = (tmp_path / "img.ids.txt").read_text().splitlines()
-    jpegs = sorted(p for p in COCO_IMAGES.iterdir() if p.suffix == ".jpg")
+    jpegs = sorted((p for p in COCO_IMAGES.iterdir() if p.suffix == ".jpg"), key=lambda p: int(p.stem))
     assert vectors.shape == (len(jpegs), 32) and vectors.dtype == np.float32
-    assert ids == [str(p) for p in jpegs]
+    assert ids == [str(p) for p in jpegs]  # natural order: 3.jpg before 10.jpg, as a caption file numbers them
 
     from gapcal import OnnxClipEncoder
 
@@ -184,11 +190,13 @@ def test_embed_skips_or_names_unreadable_images(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--images", "{t}/nowhere", "-o", "{t}/v.npy"], "--images: no such folder or list file"),
-    (["--images", "{t}", "-o", "{t}/v.npy"], "--images: no image files"),
-    (["--texts", "{t}/none.txt", "-o", "{t}/v.npy"], "--texts: no such file"),
+    (["--images", "{t}/nowhere", "-o", "{t}/v.npy"], "--images: expected a folder of images or a file listing "
+     "image paths, got .*nowhere', which does not exist"),
+    (["--images", "{t}", "-o", "{t}/v.npy"], "--images: no image files in the folder"),
+    (["--texts", "{t}/none.txt", "-o", "{t}/v.npy"], "--texts: expected a UTF-8 file with one text per line, got "
+     ".*none.txt', which does not exist"),
     (["--texts", "{t}/none.txt", "-o", "{t}/v.csv"], r"-o/--output must name a .npy file"),
-    (["--images", "{t}/empty.txt", "-o", "{t}/v.npy"], r"--images: the list file .*empty.txt names no image"),
+    (["--images", "{t}/empty.txt", "-o", "{t}/v.npy"], r"--images: the list file .*empty.txt' names no image"),
 ])
 def test_embed_user_errors(tmp_path, args, message):
     (tmp_path / "empty.txt").write_text("\n")
@@ -273,3 +281,30 @@ def test_report_without_matplotlib_says_how_to_install(pairs, tmp_path, monkeypa
     assert code == 1
     assert "pip install 'gapcal[report]'" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_blas_threads_follow_the_flag_the_environment_or_the_idle_cores(monkeypatch):
+    from gapcal import cli
+
+    monkeypatch.delenv("GAPCAL_THREADS", raising=False)
+    assert cli.blas_threads(3) == 3
+    assert 1 <= cli.blas_threads(None) <= (os.cpu_count() or 1)
+    monkeypatch.setattr(os, "getloadavg", lambda: (50.0, 0.0, 0.0))  # a busy machine: one thread
+    assert cli.blas_threads(None) == 1
+    monkeypatch.setenv("GAPCAL_THREADS", "2")
+    assert cli.blas_threads(None) == 2
+    monkeypatch.setenv("GAPCAL_THREADS", "lots")
+    with pytest.raises(cli.UserError, match="GAPCAL_THREADS: expected a positive integer, got 'lots'"):
+        cli.blas_threads(None)
+
+
+def test_commands_run_inside_the_blas_thread_limit(monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    from gapcal import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "_demo", lambda args: seen.append(
+        [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]) or 0)
+    assert cli.main(["--threads", "1", "demo"]) == 0
+    assert seen and seen[0] and set(seen[0]) == {1}

@@ -32,6 +32,7 @@ FORMAT = "gapcal.IndexFolder"
 FORMAT_VERSION = 1
 MANIFEST = "gapcal.json"
 TUNING_QUERIES = 500  # sample queries per modality that choose the stored efSearch / nprobe
+CHUNK_ITEMS = 256  # items embedded per saved chunk: what an interrupted build can lose
 _ITEM_COLUMNS = {"image": "image", "text": "text"}  # the payload field holding each item itself
 
 
@@ -96,13 +97,14 @@ def build_folder(pairs, model_dir, out, *, settings: BuildSettings = BuildSettin
         log(f"skipped {message}")
     images = list(dict.fromkeys(table.images))
     first_row = {path: row for row, path in reversed(list(enumerate(table.images)))}
+    paired = {p.resolve() for p in images}
     extras = [] if extra_images is None else list_images(extra_images)
-    images += [p for p in dict.fromkeys(extras) if p not in first_row]
+    images += [p for p in dict.fromkeys(extras) if p.resolve() not in paired]  # one item per file
     texts = list(table.captions) + ([] if extra_texts is None else read_texts(extra_texts))
 
     work = out.with_name(f".{out.name}.partial")
     key = _inputs_key(table, images, texts, model, settings)
-    _prepare_work(work, key, overwrite)
+    _prepare_work(work, key, log)
     if encoder is None:
         from .encoders import OnnxClipEncoder
 
@@ -177,22 +179,23 @@ def _inputs_key(table: Pairs, images, texts, model: Path, settings: BuildSetting
                     for p in model.rglob("*") if p.is_file()) if model.is_dir() else []
     stamps = [f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in images]
     body = json.dumps({"images": stamps, "texts": texts, "model": str(model), "graphs": graphs,
-                       "precision": settings.precision, "skip": settings.skip_errors,
-                       "batch": settings.batch_size}, sort_keys=True)
+                       "precision": settings.precision}, sort_keys=True)
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 
-def _prepare_work(work: Path, key: str, overwrite: bool) -> None:
+def _prepare_work(work: Path, key: str, log) -> None:
+    """Create the work folder, or keep one an interrupted build of the same inputs left; one of other inputs
+    (our marker file says so) is discarded, anything else there is refused."""
     state = work / "inputs.json"
     if work.exists():
         try:
-            same = json.loads(state.read_text(encoding="utf-8")).get("key") == key
+            found = json.loads(state.read_text(encoding="utf-8")).get("key")
         except (OSError, ValueError, AttributeError):
-            same = False
-        if not same and not overwrite:
-            raise FileExistsError(f"{work} holds an interrupted build of other inputs: remove it, or pass "
-                                  "--overwrite (overwrite=True) to start again")
-        if not same:
+            raise FileExistsError(f"{work} exists and is not an interrupted gapcal build: move it away") from None
+        if found == key:
+            log(f"resuming the interrupted build in {work}")
+        else:
+            log(f"discarding an interrupted build of other inputs in {work}")
             shutil.rmtree(work)
     work.mkdir(exist_ok=True)
     if not state.exists():
@@ -215,7 +218,7 @@ class _Embedder:
 
     def __init__(self, encoder, folder: Path, settings: BuildSettings, show_progress):
         self.encoder, self.folder, self.settings = encoder, folder, settings
-        self.chunk = max(256, 8 * settings.batch_size)
+        self.chunk = max(CHUNK_ITEMS, settings.batch_size)
         self.show = sys.stderr.isatty() if show_progress is None else show_progress
         folder.mkdir(parents=True, exist_ok=True)
 

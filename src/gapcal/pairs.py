@@ -13,6 +13,7 @@ An image may appear in several rows (one image, five captions): those pairs are 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from dataclasses import dataclass, field
@@ -87,7 +88,7 @@ def read_pairs(path, *, skip_errors: bool = False) -> Pairs:
         if suffix not in (".csv", ".tsv", ".jsonl"):
             raise ValueError(f"pairs must be a .csv, .tsv or .jsonl file or a folder, got {str(source)!r}")
         try:
-            text = source.read_text(encoding="utf-8-sig")
+            text = source.read_bytes().decode("utf-8-sig")  # bytes: a quoted "\r" in a caption stays one
         except UnicodeDecodeError as exc:
             raise ValueError(f"{source}: expected UTF-8 text ({exc})") from None
         reader = _jsonl_rows if suffix == ".jsonl" else _table_rows
@@ -140,7 +141,7 @@ def _check_columns(names, where: str) -> None:
 
 def _table_rows(source: Path, text: str):
     delimiter = "\t" if source.suffix.lower() == ".tsv" else ","
-    reader = csv.reader(text.splitlines(), delimiter=delimiter)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)  # quoted fields may hold newlines
     header = next(reader, None)
     if not header:
         raise ValueError(f"{source}: empty file; expected a header line with 'image' and 'caption' columns")
@@ -149,7 +150,15 @@ def _table_rows(source: Path, text: str):
     if len(set(header)) != len(header):
         raise ValueError(f"{source}: the header repeats a column name: {header}")
     rows, labels, problems = [], [], []
-    for line, values in enumerate(reader, start=2):
+    while True:
+        line = reader.line_num + 1
+        try:
+            values = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raise ValueError(f"{source.name} line {line}: not valid {'TSV' if delimiter == chr(9) else 'CSV'} "
+                             f"({exc})") from None
         if not values:
             continue
         label = f"{source.name} line {line}"
@@ -163,7 +172,7 @@ def _table_rows(source: Path, text: str):
 
 def _jsonl_rows(source: Path, text: str):
     rows, labels, problems, names = [], [], [], None
-    for line, content in enumerate(text.splitlines(), start=1):
+    for line, content in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 may sit in a string
         if not content.strip():
             continue
         label = f"{source.name} line {line}"

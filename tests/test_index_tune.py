@@ -1,0 +1,140 @@
+"""Stored search settings: MixedIndex.tune picks the cheapest efSearch / nprobe reaching a target recall
+against exact calibrated search, keeps them with the index, and searches use them."""
+
+import faiss
+import numpy as np
+import pytest
+
+from gapcal.stores.faiss import MixedIndex
+
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
+
+
+def grown(x, n, seed):
+    """n unit vectors scattered around real COCO embeddings (a corpus larger than 500, same geometry)."""
+    rng = np.random.default_rng(seed)
+    base = x[rng.integers(0, len(x), n)] + rng.normal(0, 0.6 / np.sqrt(x.shape[1]), (n, x.shape[1]))
+    return (base / np.linalg.norm(base, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def corpus(coco):
+    text, image = coco
+    return grown(text, 4000, 1), grown(image, 4000, 2)
+
+
+def exact_top(cal, q, query_modality, corpus, k, removed=()):
+    text, image = corpus
+    scores = np.hstack([cal.similarity(q, text, query_modality=query_modality, item_modality="text"),
+                        cal.similarity(q, image, query_modality=query_modality, item_modality="image")])
+    scores[:, list(removed)] = -np.inf
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+
+def recall(found, truth):
+    return float(np.mean([np.isin(t, f).mean() for f, t in zip(found, truth)]))
+
+
+def filled(cal, spec, corpus):
+    index = MixedIndex(cal, spec)
+    for (m, x), start in zip((("text", corpus[0]), ("image", corpus[1])), (0, len(corpus[0]))):
+        if not index.is_trained(m):
+            index.train(x, modality=m)
+        index.add(x, modality=m, ids=np.arange(start, start + len(x)))
+    return index
+
+
+@pytest.mark.parametrize("spec, setting", [("HNSW16", "efSearch"), ("IVF64,Flat", "nprobe")])
+def test_tuned_settings_reach_the_target_and_survive_save_and_load(cal, coco, corpus, spec, setting, tmp_path):
+    index = filled(cal, spec, corpus)
+    text, image = coco
+    queries = {"text": text[:200], "image": image[:200]}
+    for qm, q in queries.items():
+        report = index.tune(q, query_modality=qm, target_recall=0.95)
+        assert report["reached"] and report["recall"] >= 0.95 and report["query_modality"] == qm
+        assert set(report["settings"]) == {"text", "image"}
+        found = index.search(q, 10, query_modality=qm).ids  # no params: the stored settings
+        assert recall(found, exact_top(cal, q, qm, corpus, 10)) >= 0.95
+    defaults = index.search_defaults
+    assert all(setting in s for per in defaults.values() for s in per.values())
+    if setting == "efSearch":  # the out-of-distribution walk needs the wider beam
+        assert defaults["text"]["image"]["efSearch"] >= defaults["text"]["text"]["efSearch"]
+        assert defaults["image"]["text"]["efSearch"] >= defaults["image"]["image"]["efSearch"]
+    index.save(tmp_path / "idx")
+    loaded = MixedIndex.load(tmp_path / "idx")
+    assert loaded.search_defaults == defaults
+    np.testing.assert_array_equal(loaded.search(text[:50], 10, query_modality="text").ids,
+                                  index.search(text[:50], 10, query_modality="text").ids)
+
+
+def test_hnsw_stored_settings_beat_faiss_default_on_cross_modal_walks(cal, coco, corpus):
+    index = filled(cal, "HNSW16", corpus)
+    q = coco[0][200:400]
+    truth = exact_top(cal, q, "text", corpus, 10)
+    before = recall(index.search(q, 10, query_modality="text").ids, truth)  # faiss's default efSearch 16
+    index.tune(coco[0][:200], query_modality="text", target_recall=0.95)
+    after = recall(index.search(q, 10, query_modality="text").ids, truth)  # other queries than the tuning ones
+    assert after > before and after >= 0.93
+    explicit = index.search(q, 10, query_modality="text", params={"efSearch": 16}).ids  # params still override
+    assert recall(explicit, truth) == pytest.approx(before)
+
+
+def test_tune_skips_removed_items_and_excluded_self_matches(cal, coco, corpus):
+    index = filled(cal, "HNSW16", corpus)
+    gone = np.arange(0, 4000, 7)
+    index.remove(gone)  # HNSW cannot delete: they stay in the graph, hidden
+    q = corpus[0][:150]  # stored items as queries: each finds itself, which should not count
+    report = index.tune(q, query_modality="text", target_recall=0.95, exclude_ids=np.arange(150))
+    assert report["reached"]
+    found = index.search(q, 11, query_modality="text").ids
+    assert not np.isin(found, gone).any()
+
+
+def test_flat_needs_no_tuning(flat_index, coco):
+    report = flat_index.tune(coco[0][:20], query_modality="text")
+    assert report["settings"] == {} and report["recall"] == 1.0 and flat_index.search_defaults == {}
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(target_recall=0), ValueError, r"target_recall must be a number in \(0, 1\], got 0"),
+    (dict(target_recall=1.5), ValueError, r"target_recall must be a number in \(0, 1\], got 1.5"),
+    (dict(target_recall=True), ValueError, r"target_recall must be a number in \(0, 1\], got True"),
+    (dict(k=0), ValueError, "k must be"),
+    (dict(exclude_ids=np.arange(3)), ValueError, r"exclude_ids must hold one integer id per query \(20,\)"),
+    (dict(exclude_ids=np.zeros(20)), ValueError, r"exclude_ids must hold one integer id per query"),
+    (dict(query_modality="audio"), ValueError, "query_modality must be"),
+])
+def test_tune_errors(flat_index, coco, kwargs, error, message):
+    args = {"query_modality": "text", **kwargs}
+    with pytest.raises(error, match=message):
+        flat_index.tune(coco[0][:20], **args)
+
+
+def test_search_defaults_are_validated(cal, coco):
+    index = MixedIndex(cal, "HNSW8")
+    index.add(coco[1][:50], modality="image", ids=np.arange(50))
+    index.set_search_defaults({"text": {"image": {"efSearch": 40}}})
+    assert index.search_defaults == {"text": {"image": {"efSearch": 40}}}
+    for bad, error, message in [
+        ({"audio": {}}, ValueError, "a search defaults key .* must be"),
+        ({"text": {"image": {"nprobe": 4}}}, ValueError, r"params\['nprobe'\] applies to IVF indexes"),
+        ({"text": {"image": {"efSearch": 0}}}, ValueError, r"params\['efSearch'\] must be a positive integer"),
+        ({"text": [1]}, TypeError, r"search defaults\['text'\] must map item modalities to settings"),
+        ([1], TypeError, "search defaults must be a dict"),
+    ]:
+        with pytest.raises(error, match=message):
+            index.set_search_defaults(bad)
+        assert index.search_defaults == {"text": {"image": {"efSearch": 40}}}  # unchanged
+    index.set_search_defaults(None)
+    assert index.search_defaults == {}
+
+
+def test_a_wrapped_index_has_no_stored_settings(cal, coco):
+    raw = faiss.IndexFlatIP(coco[0].shape[1])
+    raw.add(coco[1][:20])
+    wrapped = MixedIndex.wrap(cal, raw, {"image": np.arange(20), "text": np.empty(0, dtype=np.int64)})
+    with pytest.raises(ValueError, match="tune applies to indexes MixedIndex built per modality"):
+        wrapped.tune(coco[0][:5], query_modality="text")
+    with pytest.raises(ValueError, match="set_search_defaults applies to indexes MixedIndex built per modality"):
+        wrapped.set_search_defaults({})
+    assert wrapped.search_defaults == {}
