@@ -17,10 +17,11 @@ import pytest
 # what a user of each extra imports; "" is the base install
 MODULES = {
     "": ["gapcal", "gapcal.calibration", "gapcal.metrics", "gapcal.evaluation", "gapcal.baselines", "gapcal.data",
-         "gapcal.stores", "gapcal.stores.core", "gapcal.cli"],
+         "gapcal.stores", "gapcal.stores.core", "gapcal.cli", "gapcal.pairs", "gapcal.folder"],
     "faiss": ["gapcal.stores.faiss"],
     "onnx": ["gapcal.encoders"],
     "report": ["gapcal.report"],
+    "serve": ["gapcal.serve"],
     "milvus": ["gapcal.stores.milvus"],
     "export": ["gapcal.export", "gapcal.export.api", "gapcal.export.clip", "gapcal.export.graphs",
                "gapcal.export.verify"],

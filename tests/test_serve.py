@@ -189,3 +189,30 @@ def test_the_page_searches_and_renders_in_headless_chromium(browser, server, fol
     browser.find_element(By.ID, "search").click()
     WebDriverWait(browser, 10).until(lambda b: "type a query first" in b.find_element(By.ID, "status").text)
     assert "error" in browser.find_element(By.ID, "status").get_attribute("class")
+
+
+def test_gapcal_serve_command_answers_on_the_port_it_prints(folder):
+    import json
+    import re
+    import sys
+    import urllib.request
+
+    process = subprocess.Popen([sys.executable, "-m", "gapcal.cli", "serve", str(folder.path), "--port", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        match = re.search(r"64 items at (http://127\.0\.0\.1:\d+/)", line)
+        assert match, line + process.stderr.read() if process.poll() is not None else line
+        with urllib.request.urlopen(match[1] + "api/info", timeout=30) as answer:
+            assert json.loads(answer.read())["items"] == {"text": 32, "image": 32}
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def test_gapcal_serve_fails_early_without_the_model(folder, tmp_path):
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "gapcal.cli", "serve", str(folder.path), "--model",
+                           str(tmp_path / "gone")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "pass the model's folder (--model)" in done.stderr
