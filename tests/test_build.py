@@ -259,3 +259,20 @@ def test_hnsw_build_stores_search_settings_that_reach_the_target(tmp_path):
     assert all(r["reached"] and r["recall"] >= 0.99 for r in manifest["tuning"])
     defaults = IndexFolder(tmp_path / "out").index.search_defaults
     assert set(defaults) == {"text", "image"} and all("efSearch" in s for d in defaults.values() for s in d.values())
+
+
+def test_a_rebuild_of_the_same_inputs_reuses_the_embeddings(tmp_path):
+    quiet = dict(show_progress=False)
+    said = []
+    build_folder(COCO / "pairs.csv", TINY, tmp_path / "out", encoder=Interrupting(), log=said.append, **quiet)
+    again = Interrupting()
+    build_folder(COCO / "pairs.csv", TINY, tmp_path / "out", settings=BuildSettings(factory="HNSW8"),
+                 encoder=again, overwrite=True, log=said.append, **quiet)
+    assert again.image_calls == 0 and again.texts == 0
+    assert any(line.startswith("reusing the embeddings") for line in said)
+    assert IndexFolder(tmp_path / "out").index.spec == "HNSW8"
+    (tmp_path / "more.txt").write_text("one more text\n")
+    other = Interrupting()
+    build_folder(COCO / "pairs.csv", TINY, tmp_path / "out", extra_texts=tmp_path / "more.txt", encoder=other,
+                 overwrite=True, log=said.append, **quiet)
+    assert other.image_calls == 1 and other.texts == 33  # other inputs: embedded again

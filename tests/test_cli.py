@@ -57,11 +57,11 @@ def test_zero_or_negative_counts_are_usage_errors(args, message, capsys):
 
 
 def test_import_gapcal_pulls_no_heavy_dependency():
-    code = ("import sys, gapcal, gapcal.metrics, gapcal.baselines, gapcal.evaluation; "
-            "heavy = {'faiss', 'onnxruntime', 'torch', 'transformers', 'matplotlib', 'pymilvus', 'scipy'}; "
-            "print(sorted(heavy & set(sys.modules)))")
+    code = ("import sys, gapcal, gapcal.metrics, gapcal.baselines, gapcal.evaluation, gapcal.pairs, gapcal.folder; "
+            "heavy = {'faiss', 'onnxruntime', 'torch', 'transformers', 'matplotlib', 'pymilvus', 'scipy', 'flask'}; "
+            "print(sorted(heavy & set(sys.modules)), gapcal.data.load_coco500()[0].shape)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+    assert out.returncode == 0 and out.stdout.strip() == "[] (500, 512)", out.stdout + out.stderr
 
 
 @pytest.fixture(scope="module")

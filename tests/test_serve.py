@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from gapcal.folder import IndexFolder, build_folder
@@ -216,3 +218,21 @@ def test_gapcal_serve_fails_early_without_the_model(folder, tmp_path):
     done = subprocess.run([sys.executable, "-m", "gapcal.cli", "serve", str(folder.path), "--model",
                            str(tmp_path / "gone")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "pass the model's folder (--model)" in done.stderr
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                                        max_size=3), max_leaves=6)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.one_of(json_values, st.fixed_dictionaries({"text": json_values, "k": json_values})))
+def test_any_json_body_gets_results_or_a_named_error(client, body):
+    """The API never fails with a server error: any JSON is answered with results or a 400 naming the problem."""
+    answer = client.post("/api/search", json=body)
+    assert answer.status_code in (200, 400), answer.data[:300]
+    payload = answer.get_json()
+    if answer.status_code == 400:
+        assert isinstance(payload["error"], str) and payload["error"]
+    else:
+        assert len(payload["results"]) == min(int(body["k"]), 64) if "k" in body else 10

@@ -109,9 +109,14 @@ def build_folder(pairs, model_dir, out, *, settings: BuildSettings = BuildSettin
         from .encoders import OnnxClipEncoder
 
         encoder = OnnxClipEncoder(model, precision=settings.precision)
-    embed = _Embedder(encoder, work / "chunks", settings, show_progress)
-    image_vectors, image_ok = embed("image", images)
-    text_vectors, _ = embed("text", texts)
+    kept = _kept_embeddings(out, key) if out.exists() else None
+    if kept is not None:
+        log(f"reusing the embeddings in {out}: same pairs, images, texts and model")
+        image_vectors, image_ok, text_vectors = kept
+    else:
+        embed = _Embedder(encoder, work / "chunks", settings, show_progress)
+        image_vectors, image_ok = embed("image", images)
+        text_vectors, _ = embed("text", texts)
     for path in (p for p, good in zip(images, image_ok) if not good):
         log(f"skipped unreadable image {table.relative(path)}")
 
@@ -157,7 +162,8 @@ def build_folder(pairs, model_dir, out, *, settings: BuildSettings = BuildSettin
     for name, array in (("image.npy", image_vectors), ("text.npy", text_vectors)):
         atomic_write(work / "embeddings" / name, lambda fh, a=array: np.save(fh, a))
     atomic_write(work / "embeddings" / "ids.npz", lambda fh: np.savez(
-        fh, image_ids=image_ids, text_ids=text_ids, pair_texts=pair_texts, pair_images=pair_images))
+        fh, image_ids=image_ids, text_ids=text_ids, pair_texts=pair_texts, pair_images=pair_images,
+        image_ok=image_ok))
     for name in ("image.npy", "text.npy", "ids.npz"):
         files[f"embeddings/{name}"] = sha256_of(work / "embeddings" / name)
     manifest = sealed(new_header(
@@ -165,7 +171,7 @@ def build_folder(pairs, model_dir, out, *, settings: BuildSettings = BuildSettin
         pairs={"source": str(Path(pairs).absolute()), "rows": len(table), "used": int(usable.sum()),
                "skipped": list(table.skipped)},
         images_root=str(table.root.absolute()), settings=settings.__dict__,
-        counts={"image": len(kept_images), "text": len(texts)}, tuning=tuning, files=files))
+        counts={"image": len(kept_images), "text": len(texts)}, tuning=tuning, files=files, inputs=key))
     atomic_write(work / MANIFEST, lambda fh: fh.write(json.dumps(manifest, indent=2).encode("utf-8")))
     shutil.rmtree(work / "chunks", ignore_errors=True)
     (work / "inputs.json").unlink(missing_ok=True)
@@ -181,6 +187,22 @@ def _inputs_key(table: Pairs, images, texts, model: Path, settings: BuildSetting
     body = json.dumps({"images": stamps, "texts": texts, "model": str(model), "graphs": graphs,
                        "precision": settings.precision}, sort_keys=True)
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+def _kept_embeddings(out: Path, key: str):
+    """(image vectors, image ok mask, text vectors) of an existing folder built from the same inputs (a rebuild
+    with other index or calibration settings), or None."""
+    try:
+        found = IndexFolder(out, model=out)  # the model is not needed to read embeddings
+        if found.manifest.get("inputs") != key:
+            return None
+        raw = found._read_embeddings()
+        ok = read_npz(out / "embeddings" / "ids.npz", {"image_ok": 1 << 40}, str(out))["image_ok"]
+    except (OSError, ValueError, KeyError):
+        return None
+    if ok.dtype != bool or int(ok.sum()) != len(raw["image"][0]):
+        return None
+    return raw["image"][0], ok, raw["text"][0]
 
 
 def _prepare_work(work: Path, key: str, log) -> None:
