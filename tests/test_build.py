@@ -46,10 +46,9 @@ def test_build_writes_a_folder_that_keeps_every_pair_aligned(built, encoder):
     rows = list(csv.DictReader((COCO / "pairs.csv").open(encoding="utf-8")))
     folder = IndexFolder(out)
     ids = {m: folder.index.ids(m) for m in ("image", "text")}
-    payload = folder.index._backend.payload
     # every image item is the file its payload names, every text item its caption: embedded again here
-    images = [payload["image"][i] for i in ids["image"]]
-    texts = [payload["text"][i] for i in ids["text"]]
+    images = folder.index.payload(ids["image"], ["image"])["image"]
+    texts = folder.index.payload(ids["text"], ["text"])["text"]
     assert images == [r["image"] for r in rows] and texts == [r["caption"] for r in rows]
     raw = folder._read_embeddings()
     np.testing.assert_allclose(raw["image"][0], encoder.encode_image([COCO / p for p in images]), atol=1e-6)
@@ -152,11 +151,10 @@ def test_repeated_images_are_one_item_and_one_group_with_user_columns(tmp_path):
     assert "8 pairs labelled in 7 groups" in done.stdout
     folder = IndexFolder(tmp_path / "out")
     assert folder.index.count("image") == 32 and folder.index.count("text") == 9  # 7 paired + 25 extra images
-    payload = folder.index._backend.payload
-    first = folder.index.ids("image")[0]
-    assert payload["image"][first] == "images/2.jpg" and payload["sku"][first] == "a1"
-    texts = folder.index.ids("text")
-    assert [payload["sku"].get(int(i)) for i in texts[-2:]] == ["c9", None]
+    assert folder.index.payload_fields == ["image", "sku", "text"]
+    first = folder.index.payload(folder.index.ids("image")[:1])
+    assert first == {"image": ["images/2.jpg"], "sku": ["a1"], "text": [None]}
+    assert folder.index.payload(folder.index.ids("text")[-2:], ["sku"]) == {"sku": ["c9", None]}
 
 
 def test_skip_errors_reports_and_keeps_pairs_aligned(tmp_path):
@@ -175,10 +173,9 @@ def test_skip_errors_reports_and_keeps_pairs_aligned(tmp_path):
     assert "skipped pairs.csv line 6: image 'images/gone.jpg' not found" in done.stdout
     assert "skipped unreadable image images/broken.jpg" in done.stdout and "left out 1 pairs" in done.stdout
     folder = IndexFolder(tmp_path / "out")
-    payload = folder.index._backend.payload
-    assert [payload["image"][i] for i in folder.index.ids("image")] == [f"images/{n}.jpg"
-                                                                       for n in (2, 4, 5, 6, 7, 8, 9, 11)]
-    assert [payload["text"][i] for i in folder.index.ids("text")] == [
+    assert folder.index.payload(folder.index.ids("image"), ["image"])["image"] == [
+        f"images/{n}.jpg" for n in (2, 4, 5, 6, 7, 8, 9, 11)]
+    assert folder.index.payload(folder.index.ids("text"), ["text"])["text"] == [
         "caption 2", "caption 4", "caption 5", "broken", *[f"caption {n}" for n in (6, 7, 8, 9, 11)]]
 
 

@@ -320,3 +320,20 @@ def test_a_changed_sidecar_value_is_refused_by_its_own_checksum(saved, change):
     edit_sidecar(saved, change, seal=False)
     with pytest.raises(ValueError, match=r"mixed\.json' does not match the checksum recorded in it \(corrupt or edited\)"):
         MixedIndex.load(saved)
+
+
+def test_payload_reads_back_by_id(cal, coco, tmp_path):
+    index = MixedIndex(cal, "Flat")
+    index.add(coco[0][:3], modality="text", ids=[10, 11, 12], payload={"caption": ["a", "b", "c"], "n": [1, 2, 3]})
+    index.add(coco[1][:1], modality="image", ids=[20], payload={"path": ["x.jpg"]})
+    assert index.payload_fields == ["caption", "n", "path"]
+    assert index.payload([12, 20, 99]) == {"caption": ["c", None, None], "n": [3, None, None],
+                                           "path": [None, "x.jpg", None]}
+    index.save(tmp_path / "ix")
+    assert MixedIndex.load(tmp_path / "ix").payload([11], ["n"]) == {"n": [2]}
+    index.remove([11])
+    assert index.payload([11], ["caption"]) == {"caption": [None]}
+    with pytest.raises(ValueError, match="ids must not repeat an id"):
+        index.payload([10, 10])
+    with pytest.raises(TypeError, match="fields must be a list of payload field names, got 'n'"):
+        index.payload([10], "n")

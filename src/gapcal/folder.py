@@ -380,7 +380,7 @@ class IndexFolder:
     @property
     def fields(self) -> list:
         """The payload fields the items carry (``image``, ``text`` and the pairs' extra columns)."""
-        return sorted(self.index._backend.payload)
+        return self.index.payload_fields
 
     def _raw_ranking(self, vector: np.ndarray, k: int, fields) -> list:
         """Top k of both modalities by raw cosine (exact, over the kept embeddings)."""
@@ -391,7 +391,7 @@ class IndexFolder:
         kinds = np.repeat(MODALITIES, [len(self._raw[m][1]) for m in MODALITIES])
         live = np.isin(ids, np.concatenate([self.index.ids(m) for m in MODALITIES]))
         order = [i for i in np.argsort(-scores, kind="stable") if live[i]][:k]
-        values = self.index._backend.field_values(ids[order], fields)
+        values = self.index.payload(ids[order], fields)
         return [_flat({"rank": r + 1, "id": int(ids[i]), "modality": str(kinds[i]), "score": float(scores[i]),
                        "payload": {n: values[n][r] for n in fields}}) for r, i in enumerate(order)]
 
@@ -409,7 +409,7 @@ class IndexFolder:
         """The file of an indexed image item (for thumbnails), or None if the id is not an image here."""
         if item_id not in set(self.index.ids("image").tolist()):
             return None
-        path = self.index._backend.field_values(np.array([item_id]), ["image"])["image"][0]
+        path = self.index.payload([item_id], ["image"])["image"][0]
         if path is None:
             return None
         file = Path(path)

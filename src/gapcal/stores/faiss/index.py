@@ -16,7 +16,7 @@ from ..._checks import MODALITIES, check_int, check_modality
 from ..._files import alive, atomic_write, check_path, read_npz, remove_stale_temps
 from ..._format import check_checksum, check_header, check_sealed, new_header, sealed, sha256_of
 from ...calibration import GapCalibrator
-from ..core import CalibratedStore, check_calibrator, check_ids
+from ..core import CalibratedStore, check_calibrator, check_fields, check_ids
 from . import plumbing
 from .backends import LAYOUTS, PerModality, Wrapped
 
@@ -210,6 +210,21 @@ class MixedIndex(CalibratedStore):
         """Whether one modality's faiss index can take items (IVF and PQ indexes need ``train`` first)."""
         return self._backend.is_trained(check_modality("modality", modality))
 
+    # ------------------------------------------------------------------ payload
+    @property
+    def payload_fields(self) -> list:
+        """Names of the payload fields stored items carry."""
+        with self._lock.read():
+            return sorted(self._backend.payload)
+
+    def payload(self, ids, fields=None) -> dict:
+        """Payload values of items: ``{field: [value per id]}`` (None where an item lacks the field or the id
+        is not stored); ``fields=None``: every field."""
+        wanted = check_ids("ids", ids)
+        names = self.payload_fields if fields is None else check_fields(fields)
+        with self._lock.read():
+            return {name: values.tolist() for name, values in self._backend.field_values(wanted, names).items()}
+
     # ------------------------------------------------------------------ search settings
     @property
     def search_defaults(self) -> dict:
@@ -231,7 +246,7 @@ class MixedIndex(CalibratedStore):
         themselves stored items. Returns the chosen settings and the recall they reached."""
         from .tuning import tune
 
-        backend = self._per_modality("tune")
+        self._per_modality("tune")
         check_modality("query_modality", query_modality)
         q = self._rows("queries", queries, allow_empty=False)
         if isinstance(target_recall, bool) or not isinstance(target_recall, (int, float)) \
