@@ -14,7 +14,13 @@ IVF: MixedIndex shares the spec's lists out between the modalities and ``nprobe`
 both sides compare against as many centroids and scan about as many items; recall at equal nprobe is lower
 for mixed because its top 10 spans both modalities' lists while a raw top 10 sits in one modality's.
 
-Run: ``python bench/index_speed.py`` (about 10 minutes on 2 cores; ``--quick`` for a smaller run,
+Equal recall (HNSW, IVF): for recall@10 targets 0.90 / 0.95 / 0.99, the cheapest setting of a ladder that
+reaches the target (mean of both query modalities; bare against the raw ranking, mixed against the
+calibrated one) and its batch time: bare faiss, MixedIndex with one setting for both walks (``params``), and
+MixedIndex with the settings ``MixedIndex.tune`` chose and stored (one efSearch per query and item
+modality, or one nprobe budget) from separate tuning queries.
+
+Run: ``python bench/index_speed.py`` (about 15 minutes on 2 cores; ``--quick`` for a smaller run,
 ``--only ivf`` (or flat, hnsw) for one configuration).
 """
 
@@ -31,6 +37,9 @@ from gapcal.data import load_coco500
 from gapcal.stores.faiss import MixedIndex
 
 K = 10
+TARGETS = (0.90, 0.95, 0.99)
+LADDERS = {"efSearch": (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512),
+           "nprobe": (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)}
 
 
 def synthesize(base: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -70,7 +79,7 @@ def best_of(repeats: int, run) -> float:
     return min(times)
 
 
-def bench(spec, n, cal, text_items, image_items, queries, settings, train_points, repeats, singles):
+def bench(spec, n, cal, text_items, image_items, queries, settings, train_points, repeats, singles, tuning):
     """Build bare and mixed indexes over the same n vectors; time and score searches at each setting."""
     half = n // 2
     text_items, image_items = text_items[:half], image_items[:half]
@@ -137,9 +146,55 @@ def bench(spec, n, cal, text_items, image_items, queries, settings, train_points
                                           for i in range(singles)])
     in_faiss = faiss_time(mixed, lambda: [mixed.search(q_text[i:i + 1], K, params=settings[0], query_modality="text")
                                           for i in range(singles)], repeats)
+    equal = None
+    if spec != "Flat":
+        equal = equal_recall(bare, mixed, queries, tuning, raw_truth, cal_truth, repeats)
     return {"spec": spec, "n": n, "build": (bare_build, mixed_build), "memory": memory, "runs": runs,
             "single": (bare_one / singles, mixed_one / singles, singles, settings[0]),
-            "overhead": (in_faiss[1] - in_faiss[0]) / singles}
+            "overhead": (in_faiss[1] - in_faiss[0]) / singles, "equal": equal}
+
+
+def equal_recall(bare, mixed, queries, tuning, raw_truth, cal_truth, repeats):
+    """Per recall target: the cheapest ladder setting reaching it for bare and for mixed with one setting,
+    and mixed with tuned, stored settings: (setting, ms/query, recall) each."""
+    name = "nprobe" if "IVF" in mixed.spec else "efSearch"
+    q_text, q_image = queries
+    nq = len(q_text) + len(q_image)
+
+    def measured(search, truth):
+        times = [best_of(1, search) for _ in range(repeats)]
+        found = search()
+        return min(times) / nq * 1e3, float(np.mean([recall(found[j], truth[j]) for j in range(2)]))
+
+    def bare_at(value):
+        faiss.ParameterSpace().set_index_parameter(bare, name, value)
+        return measured(lambda: (bare.search(q_text, K)[1], bare.search(q_image, K)[1]), raw_truth)
+
+    def mixed_at(params):
+        return measured(lambda: (mixed.search(q_text, K, query_modality="text", params=params).ids,
+                                 mixed.search(q_image, K, query_modality="image", params=params).ids), cal_truth)
+
+    def cheapest(run):
+        out = {}
+        for value in LADDERS[name]:
+            ms, r = run(value)
+            for t in TARGETS:
+                if t not in out and r >= t:
+                    out[t] = (value, ms, r)
+            last = (value, ms, r)
+            if len(out) == len(TARGETS):
+                break
+        return {t: out.get(t, (f">{last[0]}", None, last[2])) for t in TARGETS}
+
+    rows = {"bare": cheapest(bare_at), "uniform": cheapest(lambda v: mixed_at({name: v})), "tuned": {}}
+    saved = mixed.search_defaults
+    for t in TARGETS:
+        for qm, q in zip(("text", "image"), tuning):
+            mixed.tune(q, query_modality=qm, target_recall=t)
+        ms, r = mixed_at(None)
+        rows["tuned"][t] = (mixed.search_defaults, ms, r)
+    mixed.set_search_defaults(saved)
+    return name, rows
 
 
 def faiss_time(mixed, run, repeats):
@@ -181,6 +236,22 @@ def _ratio_line(label, bare, mixed, digits):
             f"{verdict} (target <= 1.10)")
 
 
+def _ms(value) -> str:
+    return "   (not reached)" if value is None else f"{value:.4f} ms"
+
+
+def _x(mixed, bare) -> str:
+    return "" if mixed is None or bare is None else f"= {mixed / bare:.2f}x bare"
+
+
+def _tuned(defaults, name) -> str:
+    """Stored settings compactly: text->text/text->image and image->text/image->image."""
+    if name == "nprobe":
+        return "nprobe=" + "/".join(str(defaults[q]["text"]["nprobe"]) for q in ("text", "image"))
+    return "efSearch=" + ", ".join(f"{q[0]}->{m[0]} {defaults[q][m]['efSearch']}" for q in ("text", "image")
+                                   for m in ("text", "image"))
+
+
 def _setting(params) -> str:
     return " " + ",".join(f"{k}={v}" for k, v in params.items()) if params else ""
 
@@ -199,6 +270,17 @@ def report(r) -> None:
     print(_ratio_line(f"search{_setting(params)}, one query at a time (ms)", bare_one * 1e3, mixed_one * 1e3, 4)
           + f"  [{singles} text queries]")
     print(f"      of which outside the faiss calls it makes: {r['overhead'] * 1e3:.4f} ms per query (target <= 0.05)")
+    if r["equal"]:
+        name, rows = r["equal"]
+        print(f"  equal recall@10 (mean of text and image queries), batch ms/query, cheapest {name} reaching it:")
+        for t in TARGETS:
+            bare_v, bare_ms, bare_r = rows["bare"][t]
+            line = f"    {t:.2f}: bare {name}={bare_v} {_ms(bare_ms)} (recall {bare_r:.3f})"
+            uni_v, uni_ms, uni_r = rows["uniform"][t]
+            line += f" | mixed, one {name}={uni_v} {_ms(uni_ms)} (recall {uni_r:.3f}) {_x(uni_ms, bare_ms)}"
+            tuned, tuned_ms, tuned_r = rows["tuned"][t]
+            line += f" | mixed, tuned {_tuned(tuned, name)} {_ms(tuned_ms)} (recall {tuned_r:.3f}) {_x(tuned_ms, bare_ms)}"
+            print(line)
 
 
 def main(argv=None) -> None:
@@ -224,6 +306,7 @@ def main(argv=None) -> None:
     big = max(n, hnsw_n) // 2
     text_items, image_items = synthesize(text, big, 10), synthesize(image, big, 11)
     queries = synthesize(text, args.queries // 2, 20), synthesize(image, args.queries // 2, 21)
+    tuning = synthesize(text, 300, 30), synthesize(image, 300, 31)  # other queries than the measured ones
     runs = [("Flat", n, [None], 0, 20),
             ("HNSW32", hnsw_n, [{"efSearch": 64}, {"efSearch": 16}, {"efSearch": 256}], 0, 200),
             (ivf, n, [{"nprobe": 16}, {"nprobe": 64}], 100_000, 200)]
@@ -232,7 +315,7 @@ def main(argv=None) -> None:
     for spec, size, settings, train_points, singles in runs:
         start = time.perf_counter()
         report(bench(spec, size, cal, text_items, image_items, queries, settings, train_points, args.repeats,
-                     min(singles, args.queries // 2)))
+                     min(singles, args.queries // 2), tuning))
         print(f"  (this configuration took {time.perf_counter() - start:.0f} s)")
     print("\nIVF: the bare index trains on 100,000 sampled vectors; MixedIndex trains each modality's index on "
           "50,000 of that modality (same total).")

@@ -137,17 +137,31 @@ def test_inputs_are_treated_as_directions(fitted, split):
 
 
 # ---------------------------------------------------------------- the stages and their selection
-def test_auto_keeps_the_simple_stages_on_250_pairs_and_says_why(fitted):
-    assert (fitted.mean_shift_, fitted.projection_) == (False, "none")
+def test_auto_on_250_real_pairs_keeps_only_what_wins_held_out_and_says_why(fitted):
+    """On 250 COCO pairs the shift and the ridge maps lose; the soft contrastive map wins by more than 2 SE."""
     report = fitted.fit_report_
-    assert report["holdout_pairs"] == 250 and report["holdout_folds"] == 5 and len(report["candidates"]) == 4
+    assert report["holdout_pairs"] == 250 and report["holdout_folds"] == 5
+    assert [c["projection"] for c in report["candidates"]] == ["none", "none", "ridge(1)", "ridge(10)", "soft(0.01)"]
     assert report["metric"] == "mixed-pool MRR"
-    assert "kept the simplest choice" in report["reason"] and "keeping needs more than 2 SE" in report["reason"]
+    rows = report["candidates"]
+    assert all(c["gain"] < 0 for c in rows[1:4])
+    assert (fitted.mean_shift_, fitted.projection_) == (False, "soft(0.01)") and rows[4]["gain"] > 2 * rows[4]["se"]
+    assert "raised held-out mixed-pool MRR by" in report["reason"] and f"{rows[4]['gain']:+.4f}" in report["reason"]
+    text = fitted.summary()
+    assert "projection: soft(0.01)" in text and "held-out check on 250 pairs (5 folds by group)" in text
+    assert "250 distinct texts, 250 distinct images (0 repeated text rows" in text
+    assert "contrastive projection (soft targets, temperature 0.01)" in text
+
+
+def test_a_losing_best_alternative_is_named_with_its_real_gain(coco):
+    text, image = coco
+    cal = GapCalibrator().fit(text[:60], image[:60])
+    report = cal.fit_report_
+    assert (cal.mean_shift_, cal.projection_) == (False, "none")
+    assert "kept the simplest choice" in report["reason"] and "keeping needs more than 2 SE" in report["reason"] \
+        or "but made" in report["reason"]
     best = max(report["candidates"][1:], key=lambda c: c["gain"])
     assert f"{best['gain']:+.4f}" in report["reason"]  # the best alternative's real gain, negative or not
-    text = fitted.summary()
-    assert "projection: none" in text and "held-out check on 250 pairs (5 folds by group)" in text
-    assert "250 distinct texts, 250 distinct images (0 repeated text rows" in text
 
 
 def test_auto_keeps_a_projection_where_it_helps():

@@ -46,6 +46,10 @@ def default_methods() -> list[tuple[str, Callable[[], object]]]:
         ("gapcal - hubness", lambda: GapCalibrator(hubness=False)),
         ("gapcal + mean shift", lambda: GapCalibrator(mean_shift=True)),
         ("gapcal + ridge", lambda: GapCalibrator(projection="ridge")),
+        ("gapcal + procrustes", lambda: GapCalibrator(projection="procrustes")),
+        ("gapcal + soft(0.01)", lambda: GapCalibrator(projection="soft(0.01)")),
+        ("gapcal + soft(0.05)", lambda: GapCalibrator(projection="soft(0.05)")),
+        ("gapcal + soft(0.1)", lambda: GapCalibrator(projection="soft(0.1)")),
     ]
 
 

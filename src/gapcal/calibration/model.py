@@ -7,13 +7,14 @@ pairs: ``GapCalibrator`` builds candidates on part of its sample to choose the s
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from .._checks import MODALITIES, l2_normalize
 from .. import metrics
-from . import scoremap
+from . import contrastive, scoremap
 
 TYPES = (("text", "text"), ("text", "image"), ("image", "text"), ("image", "image"))
 # The hubness term treats a query's scores against an item as Gaussian and estimates the level of the
@@ -26,6 +27,23 @@ RIDGE_STRENGTHS = (1.0, 10.0)  # 'auto' candidates; ridge(0.1) and Procrustes ne
 
 def ridge_name(alpha: float) -> str:
     return f"ridge({alpha:g})"
+
+
+_SOFT = re.compile(r"soft(?:\((?P<t>[0-9.eE+-]+)\))?")
+
+
+def projection_name(value) -> str | None:
+    """The canonical name of a ``projection`` option (``"soft"`` -> ``"soft(0.05)"``), or None if invalid."""
+    if value in ("auto", "none", "ridge", "procrustes"):
+        return value
+    match = _SOFT.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        return None
+    try:
+        temperature = float(match["t"]) if match["t"] else contrastive.DEFAULT_TEMPERATURE
+    except ValueError:
+        return None
+    return contrastive.soft_name(temperature) if 0.001 <= temperature <= 10 else None
 
 
 def other(modality: str) -> str:
@@ -59,6 +77,7 @@ class Model:
         self.proj = proj  # {modality: (d, d) or None}
         self.hub = hub  # {modality whose rows are the queries: (mean, basis)}; empty when hubness is off
         self.maps = maps  # {(query modality, item modality): ScoreMap}
+        self.training = None  # what training a contrastive projection did (report only, not saved)
         self._proj32 = {m: None if p is None else p.astype(np.float32) for m, p in proj.items()}
         self._offset32 = {m: None if shift[m] is None else
                           (shift[m] if proj[m] is None else shift[m] @ proj[m]).astype(np.float32) for m in MODALITIES}
@@ -141,12 +160,20 @@ class Model:
 
 
 # -------------------------------------------------------------------- building
-def stage_params(mean_shift: bool, projection: str, moments):
-    """Means (when shifting) and per-modality projections of one configuration, from ``moments``."""
+def stage_params(mean_shift: bool, projection: str, moments, group=None):
+    """Means (when shifting), per-modality projections of one configuration, from ``moments``, and what
+    training did (contrastive projections; else None). ``group`` (one id per moments row) marks relevant
+    pairs for the contrastive projection."""
     text_mean, image_mean = moments.text_mean, moments.image_mean
     shift = {"text": text_mean, "image": image_mean} if mean_shift else {"text": None, "image": None}
     if projection == "none":
-        return shift, {"text": None, "image": None}
+        return shift, {"text": None, "image": None}, None
+    if projection.startswith("soft("):
+        text_rows, image_rows = moments.rows
+        labels = np.arange(len(text_rows)) if group is None else group
+        proj, info = contrastive.soft_projection(text_rows, image_rows, shift["text"], shift["image"], labels,
+                                                 temperature=float(projection[len("soft("):-1]))
+        return shift, {"text": proj, "image": None}, info
     text_gram, cross_gram = moments.grams
     if mean_shift:  # centred moments: the map then acts on mean-shifted vectors
         c_tt = text_gram - np.outer(text_mean, text_mean)
@@ -156,13 +183,13 @@ def stage_params(mean_shift: bool, projection: str, moments):
     dim = len(text_mean)
     if projection == "procrustes":
         u, _, vt = np.linalg.svd(c_ti)
-        return shift, {"text": u @ vt, "image": None}
+        return shift, {"text": u @ vt, "image": None}, None
     alpha = float(projection[len("ridge("):-1])
     lam = alpha * np.trace(c_tt) / dim
     eye = np.eye(dim)
     # float32 is enough: the ridge term bounds the condition number by about d + 1
     solved = np.linalg.solve((c_tt + lam * eye).astype(np.float32), (c_ti + lam * eye).astype(np.float32))
-    return shift, {"text": solved.astype(np.float64), "image": None}
+    return shift, {"text": solved.astype(np.float64), "image": None}, None
 
 
 def hub_params(reference: np.ndarray, rank: int = HUBNESS_RANK):
@@ -217,7 +244,7 @@ def build(stages, moments, reference: Reference, *, hubness: bool, score_norm: s
     ``"relevance"`` maps. ``hub_cache`` (a dict kept per reference) reuses a modality's hubness terms
     between candidates that embed it alike. Returns (model, evidence, the score map kind fitted)."""
     dim = len(moments.text_mean)
-    shift, proj = stage_params(*stages, moments)
+    shift, proj, training = stage_params(*stages, moments, reference.group)
     partial = Model(dim, shift, proj, {}, {t: scoremap.identity_map() for t in TYPES})
     if hubness:
         cache = {} if hub_cache is None else hub_cache
@@ -233,7 +260,9 @@ def build(stages, moments, reference: Reference, *, hubness: bool, score_norm: s
         rows = slice(None)
     evidence = measure(partial, reference.rows(rows))
     maps, kind = fit_maps(evidence, score_norm, positive_surprise)
-    return Model(dim, shift, proj, partial.hub, maps), evidence, kind
+    fitted = Model(dim, shift, proj, partial.hub, maps)
+    fitted.training = training
+    return fitted, evidence, kind
 
 
 def fit_maps(evidence: Evidence, score_norm: str, positive_surprise: dict | None = None):

@@ -160,6 +160,11 @@ class Moments:
         self._grams = None
 
     @property
+    def rows(self):
+        """The (text, image) unit rows the second moments are taken over."""
+        return self._rows
+
+    @property
     def grams(self):
         if self._grams is None:
             t, i = self._rows
