@@ -14,7 +14,8 @@ import numpy as np
 from ..._checks import MODALITIES
 from ..core import merge_ranked
 
-EF_LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
+NPROBE_LADDER = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 4096)
+EF_LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)  # below k, faiss uses k
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
@@ -73,7 +74,7 @@ def tune(mixed, queries, *, query_modality: str, target_recall: float, k: int, e
         truth = mixed.search(queries, wide, query_modality=query_modality, params={"nprobe": total}).ids
         truth = _drop(truth, None, exclude, k)[0]
         budget, recall = total, 1.0
-        for nprobe in [2 ** i for i in range(int(np.log2(total)) + 1)] + [total]:
+        for nprobe in [n for n in NPROBE_LADDER if n < total] + [total]:
             found = mixed.search(queries, wide, query_modality=query_modality, params={"nprobe": nprobe}).ids
             recall = recall_at_k(_drop(found, None, exclude, k)[0], truth)
             if recall >= target_recall:
@@ -84,16 +85,8 @@ def tune(mixed, queries, *, query_modality: str, target_recall: float, k: int, e
         exact = [_exact_one(backend, m, u, wide) for m, u in zip(targets, plan.vectors)]
         parts = [(score_map(s), i) for score_map, (s, i) in zip(plan.maps, exact)]
         truth = _drop(merge_ranked(targets, parts, wide)[2], None, exclude, k)[0]
-        own_truth = {m: _drop(i, None, exclude, k)[0] for m, (s, i) in zip(targets, exact)}
-        rung = {}
-        for m, u in zip(targets, plan.vectors):
-            for rung[m], ef in enumerate(EF_LADDER):
-                if ef < wide:
-                    continue
-                ids = backend._search_each([(m, u)], query_modality, wide, {"efSearch": ef})[0][1]
-                if recall_at_k(_drop(ids, None, exclude, k)[0], own_truth[m]) >= target_recall:
-                    break
-        while True:  # the merged list: widen the walk that misses most until it reaches the target too
+        rung = {m: 0 for m in targets}
+        while True:  # widen the walk that misses most of the merged top k until the merged list reaches the target
             chosen = {m: {"efSearch": EF_LADDER[rung[m]]} for m in targets}
             found = [backend._search_each([(m, u)], query_modality, wide, chosen[m])[0]
                      for m, u in zip(targets, plan.vectors)]
@@ -103,7 +96,8 @@ def tune(mixed, queries, *, query_modality: str, target_recall: float, k: int, e
             raisable = [m for m in targets if rung[m] + 1 < len(EF_LADDER)]
             if recall >= target_recall or not raisable:
                 break
-            missed = {m: recall_at_k(merged, np.where(np.isin(truth, backend.live[m]), truth, -1)) for m in raisable}
-            rung[min(missed, key=missed.get)] += 1
+            lost = (truth >= 0) & ~(truth[:, :, None] == merged[:, None, :]).any(axis=2)  # per query, per true item
+            missed = {m: int((lost & np.isin(truth, backend.live[m])).sum()) for m in raisable}
+            rung[max(missed, key=missed.get)] += 1
     backend.defaults = backend.check_defaults({**backend.defaults, query_modality: chosen})
     return {**report, "settings": chosen, "recall": round(recall, 4), "reached": bool(recall >= target_recall)}
