@@ -257,6 +257,10 @@ def test_hnsw_build_stores_search_settings_that_reach_the_target(tmp_path):
     assert all(r["reached"] and r["recall"] >= 0.99 for r in manifest["tuning"])
     defaults = IndexFolder(tmp_path / "out").index.search_defaults
     assert set(defaults) == {"text", "image"} and all("efSearch" in s for d in defaults.values() for s in d.values())
+    done = run("search", tmp_path / "out", "a cat", "--ef-search", "200", "--json")
+    assert done.returncode == 0 and len(json.loads(done.stdout)["results"]) == 10, done.stderr
+    done = run("search", tmp_path / "out", "a cat", "--nprobe", "4")
+    assert done.returncode == 1 and "params['nprobe'] applies to IVF indexes" in done.stderr
 
 
 def test_a_rebuild_of_the_same_inputs_reuses_the_embeddings(tmp_path):

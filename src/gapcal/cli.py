@@ -240,7 +240,9 @@ def _search(args) -> int:
     if args.image is not None and not Path(args.image).is_file():
         raise UserError(f"--image: no such file: {args.image}")
     folder = _open_folder(args)
-    found = folder.search(text=args.text, image=args.image, k=args.k, raw=args.raw)
+    params = {name: value for name, value in (("nprobe", args.nprobe), ("efSearch", args.ef_search))
+              if value is not None}
+    found = folder.search(text=args.text, image=args.image, k=args.k, raw=args.raw, params=params or None)
     if args.json:
         print(json.dumps({"query": args.text if args.text is not None else args.image, **found}, ensure_ascii=False))
         return 0
@@ -477,6 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--image", help="an image file as the query")
     search.add_argument("-k", type=positive_int, default=10, help="results (default 10)")
     search.add_argument("--raw", action="store_true", help="show the uncalibrated (raw cosine) ranking beside it")
+    search.add_argument("--ef-search", type=positive_int, help="HNSW search breadth for both walks (default: the "
+                        "settings stored at build)")
+    search.add_argument("--nprobe", type=positive_int, help="IVF lists to visit in total (default: stored at build)")
     search.add_argument("--json", action="store_true", help="print JSON for machines")
     search.add_argument("--model", help="the model folder, if it moved since the build")
     search.add_argument("--providers", default="auto", choices=("auto", "cpu", "cuda", "tensorrt"))

@@ -360,18 +360,19 @@ class IndexFolder:
             return self.encoder.encode_text([text], show_progress=False), "text"
         return self.encoder.encode_image([image], show_progress=False), "image"
 
-    def search(self, *, text=None, image=None, k: int = 10, raw: bool = False) -> dict:
+    def search(self, *, text=None, image=None, k: int = 10, raw: bool = False, params=None) -> dict:
         """Ranked hits for a text or an image query: ``{"modality", "results", "raw"}``; each hit a dict of
         rank, id, modality, score and the item's payload (``image`` path or ``text``). ``raw=True`` also
-        ranks by raw cosine (the uncalibrated ranking, to see the gap)."""
+        ranks by raw cosine (the uncalibrated ranking, to see the gap). ``params`` overrides the search
+        settings stored at build (``{"efSearch": 128}``)."""
         vector, modality = self.embed_query(text=text, image=image)
-        return self.search_vector(vector, query_modality=modality, k=k, raw=raw)
+        return self.search_vector(vector, query_modality=modality, k=k, raw=raw, params=params)
 
-    def search_vector(self, vector, *, query_modality: str, k: int = 10, raw: bool = False) -> dict:
+    def search_vector(self, vector, *, query_modality: str, k: int = 10, raw: bool = False, params=None) -> dict:
         """``search`` for a raw query embedding (1, d) of ``query_modality``."""
         check_modality("query_modality", query_modality)
         fields = self.fields
-        result = self.index.search(vector, k, query_modality=query_modality, fields=fields)
+        result = self.index.search(vector, k, query_modality=query_modality, fields=fields, params=params)
         out = {"modality": query_modality, "results": [_flat(hit) for hit in result.to_list()[0]]}
         if raw:
             out["raw"] = self._raw_ranking(np.asarray(vector, dtype=np.float32), k, fields)
