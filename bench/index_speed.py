@@ -38,6 +38,7 @@ from gapcal.stores.faiss import MixedIndex
 
 K = 10
 TARGETS = (0.90, 0.95, 0.99)
+LINK_QUERIES = 10_000
 LADDERS = {"efSearch": (10, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512),
            "nprobe": (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)}
 
@@ -148,15 +149,17 @@ def bench(spec, n, cal, text_items, image_items, queries, settings, train_points
                                           for i in range(singles)], repeats)
     equal = None
     if spec != "Flat":
-        equal = equal_recall(bare, mixed, queries, tuning, raw_truth, cal_truth, repeats)
+        equal = equal_recall(bare, mixed, queries, tuning, raw_truth, cal_truth, repeats,
+                             (text_items, image_items) if spec.startswith("HNSW") else None)
     return {"spec": spec, "n": n, "build": (bare_build, mixed_build), "memory": memory, "runs": runs,
             "single": (bare_one / singles, mixed_one / singles, singles, settings[0]),
             "overhead": (in_faiss[1] - in_faiss[0]) / singles, "equal": equal}
 
 
-def equal_recall(bare, mixed, queries, tuning, raw_truth, cal_truth, repeats):
+def equal_recall(bare, mixed, queries, tuning, raw_truth, cal_truth, repeats, link_items=None):
     """Per recall target: the cheapest ladder setting reaching it for bare and for mixed with one setting,
-    and mixed with tuned, stored settings: (setting, ms/query, recall) each."""
+    and mixed with tuned, stored settings: (setting, ms/query, recall) each; for HNSW also after
+    ``MixedIndex.link`` with up to LINK_QUERIES stored items of each modality as sample queries."""
     name = "nprobe" if "IVF" in mixed.spec else "efSearch"
     q_text, q_image = queries
     nq = len(q_text) + len(q_image)
@@ -186,14 +189,24 @@ def equal_recall(bare, mixed, queries, tuning, raw_truth, cal_truth, repeats):
                 break
         return {t: out.get(t, (f">{last[0]}", None, last[2])) for t in TARGETS}
 
-    rows = {"bare": cheapest(bare_at), "uniform": cheapest(lambda v: mixed_at({name: v})), "tuned": {}}
-    saved = mixed.search_defaults
-    for t in TARGETS:
-        for qm, q in zip(("text", "image"), tuning):
-            mixed.tune(q, query_modality=qm, target_recall=t)
-        ms, r = mixed_at(None)
-        rows["tuned"][t] = (mixed.search_defaults, ms, r)
-    mixed.set_search_defaults(saved)
+    def tuned():
+        out = {}
+        for t in TARGETS:
+            for qm, q in zip(("text", "image"), tuning):
+                mixed.tune(q, query_modality=qm, target_recall=t)
+            ms, r = mixed_at(None)
+            out[t] = (mixed.search_defaults, ms, r)
+        return out
+
+    rows = {"bare": cheapest(bare_at), "uniform": cheapest(lambda v: mixed_at({name: v})), "tuned": tuned()}
+    if link_items is not None:
+        rng = np.random.default_rng(2)
+        start = time.perf_counter()
+        for qm, items in zip(("text", "image"), link_items):
+            mixed.link(items[rng.choice(len(items), min(len(items), LINK_QUERIES), replace=False)], query_modality=qm)
+        rows["link_seconds"] = time.perf_counter() - start
+        rows["linked"] = tuned()
+    mixed.set_search_defaults({})
     return name, rows
 
 
@@ -285,7 +298,14 @@ def report(r) -> None:
             line += f" | mixed, one {name}={uni_v} {_ms(uni_ms)} (recall {uni_r:.3f}) {_x(uni_ms, bare_ms)}"
             tuned, tuned_ms, tuned_r = rows["tuned"][t]
             line += f" | mixed, tuned {_tuned(tuned, name)} {_ms(tuned_ms)} (recall {tuned_r:.3f}) {_x(tuned_ms, bare_ms)}"
+            if "linked" in rows:
+                tuned, tuned_ms, tuned_r = rows["linked"][t]
+                line += (f" | mixed, linked + tuned {_tuned(tuned, name)} {_ms(tuned_ms)} (recall {tuned_r:.3f}) "
+                         f"{_x(tuned_ms, bare_ms)}")
             print(line)
+        if "linked" in rows:
+            print(f"    (linking: {LINK_QUERIES} stored items of each modality as sample queries, "
+                  f"{rows['link_seconds']:.1f} s on top of the build)")
 
 
 def main(argv=None) -> None:

@@ -255,6 +255,9 @@ def test_hnsw_build_stores_search_settings_that_reach_the_target(tmp_path):
     manifest = json.loads((tmp_path / "out" / "gapcal.json").read_text())
     assert {r["query_modality"] for r in manifest["tuning"]} == {"image", "text"}
     assert all(r["reached"] and r["recall"] >= 0.99 for r in manifest["tuning"])
+    assert {(r["query_modality"], r["item_modality"]) for r in manifest["links"]} == {("text", "image"),
+                                                                                      ("image", "text")}
+    assert "linked images that are top results of one text query" in done.stdout
     defaults = IndexFolder(tmp_path / "out").index.search_defaults
     assert set(defaults) == {"text", "image"} and all("efSearch" in s for d in defaults.values() for s in d.values())
     done = run("search", tmp_path / "out", "a cat", "--ef-search", "200", "--json")

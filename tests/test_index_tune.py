@@ -137,4 +137,48 @@ def test_a_wrapped_index_has_no_stored_settings(cal, coco):
         wrapped.tune(coco[0][:5], query_modality="text")
     with pytest.raises(ValueError, match="set_search_defaults applies to indexes MixedIndex built per modality"):
         wrapped.set_search_defaults({})
+    with pytest.raises(ValueError, match="link applies to indexes MixedIndex built per modality"):
+        wrapped.link(coco[0][:5], query_modality="text")
     assert wrapped.search_defaults == {}
+
+
+def cross_modal_recall(index, cal, q, corpus, ef):
+    found = index.search(q, 10, query_modality="text", item_modality="image", params={"efSearch": ef}).ids
+    text, image = corpus
+    scores = cal.similarity(q, image, query_modality="text", item_modality="image")
+    truth = np.argsort(-scores, axis=1, kind="stable")[:, :10] + len(text)
+    return recall(found, truth)
+
+
+def test_link_adds_cross_modal_edges_that_walks_use_and_saves_them(cal, coco, corpus, tmp_path):
+    index = filled(cal, "HNSW16", corpus)
+    q = coco[0][:200]
+    before = cross_modal_recall(index, cal, q, corpus, 16)
+    same_before = index.search(coco[1][:100], 10, query_modality="image", item_modality="image",
+                               params={"efSearch": 16}).ids
+    report = index.link(corpus[0][:3000], query_modality="text")
+    assert report["item_modality"] == "image" and report["added"] > 10_000 and report["queries"] == 3000
+    after = cross_modal_recall(index, cal, q, corpus, 16)
+    assert after > before + 0.1  # real COCO captions as queries, sample queries from other texts
+    same_after = index.search(coco[1][:100], 10, query_modality="image", item_modality="image",
+                              params={"efSearch": 16}).ids
+    assert recall(same_after, same_before) > 0.95  # the image graph still serves image queries
+    index.save(tmp_path / "linked")
+    loaded = MixedIndex.load(tmp_path / "linked")
+    assert cross_modal_recall(loaded, cal, q, corpus, 16) == pytest.approx(after)
+    again = index.link(corpus[0][:3000], query_modality="text")
+    assert again["added"] == 0  # the same edges are not added twice
+
+
+def test_link_needs_an_hnsw_graph_over_flat_vectors(cal, coco, flat_index):
+    with pytest.raises(ValueError, match="link applies to HNSW indexes over flat vectors .* got a Flat index"):
+        flat_index.link(coco[0][:10], query_modality="text")
+    index = MixedIndex(cal, "HNSW8")
+    index.add(coco[1][:1], modality="image", ids=[5])
+    assert index.link(coco[0][:10], query_modality="text")["added"] == 0  # one image: nothing to link
+    with pytest.raises(ValueError, match="k must be"):
+        index.link(coco[0][:10], query_modality="text", k=1)
+    with pytest.raises(ValueError, match="query_modality must be"):
+        index.link(coco[0][:10], query_modality="audio")
+    with pytest.raises(ValueError, match="dimension d=512"):
+        index.link(np.ones((2, 7), dtype=np.float32), query_modality="text")

@@ -32,6 +32,7 @@ FORMAT = "gapcal.IndexFolder"
 FORMAT_VERSION = 1
 MANIFEST = "gapcal.json"
 TUNING_QUERIES = 500  # sample queries per modality that choose the stored efSearch / nprobe
+LINK_QUERIES = 10_000  # stored items per modality used as sample queries for an HNSW graph's cross-modal edges
 CHUNK_ITEMS = 256  # items embedded per saved chunk: what an interrupted build can lose
 _ITEM_COLUMNS = {"image": "image", "text": "text"}  # the payload field holding each item itself
 
@@ -150,7 +151,12 @@ def build_folder(pairs, model_dir, out, *, settings: BuildSettings = BuildSettin
         if len(vectors) and not index.is_trained(modality):
             index.train(vectors, modality=modality)
         index.add(vectors, modality=modality, ids=ids, payload=payload)
-    tuning = _tune(index, {"image": (image_vectors, image_ids), "text": (text_vectors, text_ids)}, settings)
+    items = {"image": (image_vectors, image_ids), "text": (text_vectors, text_ids)}
+    links = _link(index, items)
+    for report in links:
+        log(f"linked {report['item_modality']}s that are top results of one {report['query_modality']} query: "
+            f"{report['added']} edges from {report['queries']} sample queries")
+    tuning = _tune(index, items, settings)
     for report in tuning:
         if report.get("settings"):
             log(f"search settings for {report['query_modality']} queries: {report['settings']} (recall@10 "
@@ -171,7 +177,8 @@ def build_folder(pairs, model_dir, out, *, settings: BuildSettings = BuildSettin
         pairs={"source": str(Path(pairs).absolute()), "rows": len(table), "used": int(usable.sum()),
                "skipped": list(table.skipped)},
         images_root=str(table.root.absolute()), settings=settings.__dict__,
-        counts={"image": len(kept_images), "text": len(texts)}, tuning=tuning, files=files, inputs=key))
+        counts={"image": len(kept_images), "text": len(texts)}, links=links, tuning=tuning, files=files,
+        inputs=key))
     atomic_write(work / MANIFEST, lambda fh: fh.write(json.dumps(manifest, indent=2).encode("utf-8")))
     shutil.rmtree(work / "chunks", ignore_errors=True)
     (work / "inputs.json").unlink(missing_ok=True)
@@ -285,6 +292,23 @@ class _Embedder:
                 or len(data["vectors"]) != int(data["ok"].sum()):
             return None
         return data["vectors"], data["ok"]
+
+
+def _link(index, items: dict) -> list:
+    """Cross-modal edges in HNSW graphs over flat vectors (``MixedIndex.link``), with up to ``LINK_QUERIES``
+    stored items of each modality as the sample of queries; nothing for other structures."""
+    from .stores.faiss import plumbing
+
+    if plumbing.flat_graph(index.faiss_index("text")) is None:
+        return []
+    rng = np.random.default_rng(1)
+    reports = []
+    for modality, (vectors, _) in items.items():
+        other = "text" if modality == "image" else "image"
+        if len(vectors) and index.count(other) > 1:
+            rows = np.sort(rng.choice(len(vectors), size=min(LINK_QUERIES, len(vectors)), replace=False))
+            reports.append(index.link(vectors[rows], query_modality=modality))
+    return reports
 
 
 def _tune(index, items: dict, settings: BuildSettings) -> list:

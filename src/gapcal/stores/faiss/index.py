@@ -265,6 +265,41 @@ class MixedIndex(CalibratedStore):
         return tune(self, q, query_modality=query_modality, target_recall=float(target_recall), k=k,
                     exclude_ids=exclude)
 
+    def link(self, queries, *, query_modality, k=10) -> dict:
+        """Cross-modal edges for HNSW graphs (after RoarGraph, Chen et al., VLDB 2024): for sample queries
+        of ``query_modality`` (raw embeddings, e.g. a few thousand stored items of that modality or past
+        queries), find their exact top ``k`` items of the other modality and link each query's best item
+        with the others, both ways, in free slots of the graph's bottom layer (no edge is removed).
+
+        A text query walking the image graph is out of distribution: the images it should find are not
+        neighbours of one another, so the walk misses them. Items that are top results of one query become
+        neighbours here. Results stay exact where they were; walks of every setting reach more of the true
+        top k. Needs HNSW over flat vectors; saved with the index. Returns edges added per item modality."""
+        from . import plumbing
+
+        backend = self._per_modality("link")
+        check_modality("query_modality", query_modality)
+        q = self._rows("queries", queries, allow_empty=False)
+        k = check_int("k", k, minimum=2)
+        item_modality = "image" if query_modality == "text" else "text"
+        graph = plumbing.flat_graph(backend.subs[item_modality])
+        if graph is None:
+            raise ValueError(f"link applies to HNSW indexes over flat vectors (HNSW32, HNSW32,Flat), got a "
+                             f"{backend.spec} index")
+        report = {"query_modality": query_modality, "item_modality": item_modality, "queries": len(q), "k": k}
+        with self._lock.write():
+            self._check_calibrator_unchanged()
+            if graph.ntotal < 2:
+                return {**report, "added": 0, "full": 0}
+            plan = self.calibrator.plan_queries(q, query_modality=query_modality, item_modalities=(item_modality,))
+            storage = faiss.downcast_index(graph.storage)
+            _, top = storage.search(backend._padded(plan.vectors[0]), min(k, graph.ntotal))
+            top = top[(top >= 0).all(axis=1)]
+            src = np.repeat(top[:, 0], top.shape[1] - 1)
+            dst = top[:, 1:].ravel()
+            added, full = plumbing.link_level0(graph, np.concatenate([src, dst]), np.concatenate([dst, src]))
+        return {**report, "added": added, "full": full}
+
     def _per_modality(self, what: str):
         if not hasattr(self._backend, "defaults"):
             raise ValueError(f"{what} applies to indexes MixedIndex built per modality; this one searches a wrapped "

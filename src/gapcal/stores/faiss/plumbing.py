@@ -315,3 +315,39 @@ def settings_of(params) -> dict:
         return {"nprobe": int(params.nprobe)}
     raise TypeError(f"params must be a faiss.SearchParametersHNSW or SearchParametersIVF (or a dict), got "
                     f"{type(params).__name__}")
+
+
+def flat_graph(index):
+    """The IndexHNSW inside ``index`` (through an IndexIDMap) when its vectors are stored flat, else None."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexIDMap):
+        index = faiss.downcast_index(index.index)
+    if isinstance(index, faiss.IndexHNSW) and isinstance(faiss.downcast_index(index.storage), faiss.IndexFlat):
+        return index
+    return None
+
+
+def link_level0(graph, src: np.ndarray, dst: np.ndarray) -> tuple[int, int]:
+    """Add the edges src[i] -> dst[i] (graph node numbers) to free slots of the level-0 neighbour lists; an edge
+    already there, or a node whose list is full, is left as it is. Returns (added, refused for a full list)."""
+    hnsw = graph.hnsw
+    neighbors = faiss.vector_to_array(hnsw.neighbors)
+    offsets = faiss.vector_to_array(hnsw.offsets)
+    levels = faiss.vector_to_array(hnsw.cum_nneighbor_per_level)
+    begin, end = int(levels[0]), int(levels[1])
+    added = full = 0
+    for s, d in zip(src.tolist(), dst.tolist()):
+        if s == d:
+            continue
+        start = int(offsets[s]) + begin
+        slots = neighbors[start:start + end - begin]
+        if (slots == d).any():
+            continue
+        free = np.flatnonzero(slots < 0)
+        if len(free):
+            slots[free[0]] = d
+            added += 1
+        else:
+            full += 1
+    faiss.copy_array_to_vector(neighbors, hnsw.neighbors)
+    return added, full
