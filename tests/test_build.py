@@ -281,3 +281,28 @@ def test_a_rebuild_of_the_same_inputs_reuses_the_embeddings(tmp_path):
     build_folder(COCO / "pairs.csv", TINY, tmp_path / "out", extra_texts=tmp_path / "more.txt", encoder=other,
                  overwrite=True, log=said.append, **quiet)
     assert other.image_calls == 1 and other.texts == 33  # other inputs: embedded again
+
+
+def test_a_changed_folder_is_refused_with_the_file_named(built, tmp_path):
+    out, _ = built
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    manifest = json.loads((copy / "gapcal.json").read_text())
+    manifest["counts"]["text"] = 31
+    (copy / "gapcal.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="gapcal.json does not match the checksum recorded in it"):
+        IndexFolder(copy)
+    shutil.copy(out / "gapcal.json", copy / "gapcal.json")
+    data = bytearray((copy / "embeddings" / "text.npy").read_bytes())
+    data[-1] ^= 0xFF
+    (copy / "embeddings" / "text.npy").write_bytes(bytes(data))
+    folder = IndexFolder(copy)  # the index itself is intact: calibrated search works
+    assert len(folder.search_vector(np.ones((1, 32), np.float32), query_modality="text", k=3)["results"]) == 3
+    with pytest.raises(ValueError, match="text.npy"):
+        folder.search_vector(np.ones((1, 32), np.float32), query_modality="text", k=3, raw=True)
+    (copy / "gapcal.json").write_text("{nope")
+    with pytest.raises(ValueError, match="gapcal.json is not valid JSON"):
+        IndexFolder(copy)
+    (copy / "gapcal.json").write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(ValueError, match="is not a gapcal index folder"):
+        IndexFolder(copy)

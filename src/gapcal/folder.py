@@ -12,12 +12,12 @@ is renamed into place, so ``OUT`` is either absent, the old folder, or the compl
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import shutil
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +66,7 @@ def read_texts(spec) -> list[str]:
         raise ValueError(f"{source}: expected UTF-8 text ({exc})") from None
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class BuildSettings:
     """What a build was asked for; recorded in ``gapcal.json``."""
 
@@ -175,8 +175,8 @@ def build_folder(pairs, model_dir, out, *, settings: BuildSettings = BuildSettin
     manifest = sealed(new_header(
         FORMAT, FORMAT_VERSION, model=str(model), encoder_dim=int(cal.dim_),
         pairs={"source": str(Path(pairs).absolute()), "rows": len(table), "used": int(usable.sum()),
-               "skipped": list(table.skipped)},
-        images_root=str(table.root.absolute()), settings=settings.__dict__,
+               "skipped": list(table.skipped), "listed_images": len(images)},
+        images_root=str(table.root.absolute()), settings=dataclasses.asdict(settings),
         counts={"image": len(kept_images), "text": len(texts)}, links=links, tuning=tuning, files=files,
         inputs=key))
     atomic_write(work / MANIFEST, lambda fh: fh.write(json.dumps(manifest, indent=2).encode("utf-8")))
@@ -200,16 +200,45 @@ def _kept_embeddings(out: Path, key: str):
     """(image vectors, image ok mask, text vectors) of an existing folder built from the same inputs (a rebuild
     with other index or calibration settings), or None."""
     try:
-        found = IndexFolder(out, model=out)  # the model is not needed to read embeddings
-        if found.manifest.get("inputs") != key:
+        manifest = read_manifest(out)
+        if manifest.get("inputs") != key:
             return None
-        raw = found._read_embeddings()
-        ok = read_npz(out / "embeddings" / "ids.npz", {"image_ok": 1 << 40}, str(out))["image_ok"]
+        raw = read_embeddings(out, manifest)
     except (OSError, ValueError, KeyError):
         return None
+    ok = raw["image_ok"]
     if ok.dtype != bool or int(ok.sum()) != len(raw["image"][0]):
         return None
     return raw["image"][0], ok, raw["text"][0]
+
+
+def read_manifest(path: Path) -> dict:
+    """The checked ``gapcal.json`` of an index folder."""
+    manifest_file = path / MANIFEST
+    if not manifest_file.is_file():
+        raise FileNotFoundError(f"{str(path)!r} is not an index folder written by gapcal build (no {MANIFEST})")
+    try:
+        header = json.loads(manifest_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{manifest_file} is not valid JSON ({exc})") from None
+    manifest = check_header(header, format=FORMAT, version=FORMAT_VERSION, where=str(manifest_file),
+                            what="gapcal index folder", remedy="build it again")
+    check_sealed(manifest, str(manifest_file))
+    return manifest
+
+
+def read_embeddings(path: Path, manifest: dict) -> dict:
+    """The kept raw embeddings of an index folder, checked against their recorded sha256: per modality
+    (vectors, ids), and ``image_ok`` (which listed images could be read)."""
+    for name, digest in manifest["files"].items():
+        check_checksum(path / name, digest, str(path))
+    counts = manifest["counts"]
+    limit = 8 * (counts["image"] + counts["text"])
+    listed = int(manifest["pairs"]["listed_images"])
+    ids = read_npz(path / "embeddings" / "ids.npz", {"image_ids": limit, "text_ids": limit, "image_ok": listed},
+                   str(path / "embeddings" / "ids.npz"))
+    out = {m: (np.load(path / "embeddings" / f"{m}.npy", allow_pickle=False), ids[f"{m}_ids"]) for m in MODALITIES}
+    return {**out, "image_ok": ids["image_ok"]}
 
 
 def _prepare_work(work: Path, key: str, log) -> None:
@@ -335,17 +364,7 @@ class IndexFolder:
 
     def __init__(self, path, *, model=None, providers="auto"):
         self.path = check_path("path", path)
-        manifest_file = self.path / MANIFEST
-        if not manifest_file.is_file():
-            raise FileNotFoundError(f"{str(self.path)!r} is not an index folder written by gapcal build (no "
-                                    f"{MANIFEST})")
-        try:
-            header = json.loads(manifest_file.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{manifest_file} is not valid JSON ({exc})") from None
-        self.manifest = check_header(header, format=FORMAT, version=FORMAT_VERSION, where=str(manifest_file),
-                                     what="gapcal index folder", remedy="build it again")
-        check_sealed(self.manifest, str(manifest_file))
+        self.manifest = read_manifest(self.path)
         from .stores.faiss import MixedIndex
 
         self.index = MixedIndex.load(self.path / "index")
@@ -421,14 +440,7 @@ class IndexFolder:
                        "payload": {n: values[n][r] for n in fields}}) for r, i in enumerate(order)]
 
     def _read_embeddings(self) -> dict:
-        for name, digest in self.manifest["files"].items():
-            check_checksum(self.path / name, digest, str(self.path))
-        counts = self.manifest["counts"]
-        limit = 8 * (counts["image"] + counts["text"])
-        ids = read_npz(self.path / "embeddings" / "ids.npz", {"image_ids": limit, "text_ids": limit},
-                       str(self.path / "embeddings" / "ids.npz"))
-        return {m: (np.load(self.path / "embeddings" / f"{m}.npy", allow_pickle=False), ids[f"{m}_ids"])
-                for m in MODALITIES}
+        return read_embeddings(self.path, self.manifest)
 
     def image_file(self, item_id: int) -> Path | None:
         """The file of an indexed image item (for thumbnails), or None if the id is not an image here."""
