@@ -185,6 +185,7 @@ class Interrupting:
 
     def __init__(self, fail_at=None):
         self.inner, self.fail_at, self.image_calls, self.texts = OnnxClipEncoder(TINY), fail_at, 0, 0
+        self.dim = self.inner.dim
 
     def encode_image(self, items, **kwargs):
         self.image_calls += 1
@@ -238,6 +239,14 @@ def test_a_partial_build_of_other_inputs_is_not_reused(tmp_path, monkeypatch):
     (tmp_path / ".mine.partial").mkdir()
     with pytest.raises(FileExistsError, match="exists and is not an interrupted gapcal build: move it away"):
         build_folder(COCO / "pairs.csv", TINY, tmp_path / "mine", encoder=other, log=said.append)
+
+
+def test_a_bad_factory_string_stops_before_embedding(tmp_path):
+    encoder = Interrupting()
+    with pytest.raises(ValueError, match="index must be a faiss index_factory string .* got 'Bogus'"):
+        build_folder(COCO / "pairs.csv", TINY, tmp_path / "out", settings=BuildSettings(factory="Bogus"),
+                     encoder=encoder, log=lambda *a: None)
+    assert encoder.image_calls == 0 and encoder.texts == 0 and list(tmp_path.iterdir()) == []
 
 
 def test_build_errors_leave_nothing_behind(tmp_path):

@@ -103,13 +103,16 @@ def build_folder(pairs, model_dir, out, *, settings: BuildSettings = BuildSettin
     images += [p for p in dict.fromkeys(extras) if p.resolve() not in paired]  # one item per file
     texts = list(table.captions) + ([] if extra_texts is None else read_texts(extra_texts))
 
-    work = out.with_name(f".{out.name}.partial")
-    key = _inputs_key(table, images, texts, model, settings)
-    _prepare_work(work, key, log)
     if encoder is None:
         from .encoders import OnnxClipEncoder
 
         encoder = OnnxClipEncoder(model, precision=settings.precision)
+    from .stores.faiss import plumbing
+
+    plumbing.build_from_spec(settings.factory, encoder.dim + 1)  # a bad factory string stops before any work
+    work = out.with_name(f".{out.name}.partial")
+    key = _inputs_key(table, images, texts, model, settings)
+    _prepare_work(work, key, log)
     kept = _kept_embeddings(out, key) if out.exists() else None
     if kept is not None:
         log(f"reusing the embeddings in {out}: same pairs, images, texts and model")
