@@ -315,3 +315,17 @@ def test_a_changed_folder_is_refused_with_the_file_named(built, tmp_path):
     (copy / "gapcal.json").write_text(json.dumps({"format": "something else"}))
     with pytest.raises(ValueError, match="is not a gapcal index folder"):
         IndexFolder(copy)
+
+
+def test_queries_need_one_input_and_the_index_model(built):
+    out, _ = built
+    folder = IndexFolder(out)
+    for kwargs in ({}, {"text": "a cat", "image": COCO / "images" / "4.jpg"}):
+        with pytest.raises(ValueError, match=r"give a query text or a query image \(exactly one\)"):
+            folder.search(**kwargs)
+    with pytest.raises(ValueError, match="the query text must be a non-empty string, got '  '"):
+        folder.search(text="  ")
+    other = IndexFolder(out, model=ROOT / "models" / "tiny-clip-masked")  # 24-d, the index holds 32-d
+    with pytest.raises(ValueError, match="gives 24-d embeddings, the index holds 32-d ones: pass the model it was "
+                                         "built with"):
+        other.search(text="a cat")

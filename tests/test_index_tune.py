@@ -182,3 +182,14 @@ def test_link_needs_an_hnsw_graph_over_flat_vectors(cal, coco, flat_index):
         index.link(coco[0][:10], query_modality="audio")
     with pytest.raises(ValueError, match="dimension d=512"):
         index.link(np.ones((2, 7), dtype=np.float32), query_modality="text")
+
+
+def test_tune_through_a_transform_in_front_of_the_graph(cal, coco):
+    """PCA in front of HNSW: no flat storage to scan, so the exact truth is a walk over every node."""
+    text, image = coco
+    index = MixedIndex(cal, "PCA64,HNSW16")
+    for m, x, start in (("text", text, 0), ("image", image, 500)):
+        index.train(x, modality=m)
+        index.add(x, modality=m, ids=np.arange(start, start + 500))
+    report = index.tune(text[:50], query_modality="text", exclude_ids=np.arange(50))
+    assert report["reached"] and set(report["settings"]) == {"text", "image"}

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gapcal.folder import list_images
+from gapcal.pairs import list_images
 from gapcal.pairs import natural_key, read_pairs
 
 COCO = Path(__file__).resolve().parents[1] / "examples" / "coco"
@@ -139,3 +139,25 @@ def test_any_caption_text_round_trips_through_csv(tmp_path, rows, delimiter):
     source = write_csv(tmp_path / ("p.tsv" if delimiter == "\t" else "p.csv"), rows, delimiter=delimiter)
     pairs = read_pairs(source)
     assert [(pairs.relative(p), c) for p, c in zip(pairs.images, pairs.captions)] == list(rows)
+
+
+def test_an_unclosed_quote_is_an_error_not_the_rest_of_the_file(tmp_path):
+    shutil.copy(COCO / "images" / "2.jpg", tmp_path / "a.jpg")
+    (tmp_path / "p.csv").write_text('image,caption\na.jpg,"an unclosed caption\na.jpg,second row\n')
+    with pytest.raises(ValueError, match=r"p.csv line 2: not valid CSV \(unexpected end of data\)"):
+        read_pairs(tmp_path / "p.csv")
+    (tmp_path / "p.tsv").write_text('image\tcaption\na.jpg\t"quoted"tail\n')
+    with pytest.raises(ValueError, match=r"p.tsv line 2: not valid TSV"):
+        read_pairs(tmp_path / "p.tsv")
+
+
+def test_unpaired_text_and_image_lists(tmp_path):
+    from gapcal.pairs import read_texts
+
+    (tmp_path / "t.txt").write_text("one\n\n  \ntwo\n")
+    assert read_texts(tmp_path / "t.txt") == ["one", "two"]
+    (tmp_path / "bad.txt").write_bytes(b"\xff\xfe\n")
+    with pytest.raises(ValueError, match="bad.txt: expected UTF-8 text"):
+        read_texts(tmp_path / "bad.txt")
+    (tmp_path / "list.txt").write_text(f"{COCO / 'images' / '2.jpg'}\nrel.jpg\n")
+    assert list_images(tmp_path / "list.txt") == [COCO / "images" / "2.jpg", tmp_path / "rel.jpg"]

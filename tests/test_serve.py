@@ -82,7 +82,7 @@ def test_bad_requests_get_a_json_error(client, request_kwargs, status, message):
 
 def test_thumbnails_only_for_indexed_images(client, folder):
     text_id = int(folder.index.ids("text")[0])
-    for item in (text_id, 10**9):
+    for item in (text_id, 10**9, 2**70):
         answer = client.get(f"/api/thumbnail/{item}")
         assert answer.status_code == 404 and "no image item with id" in answer.get_json()["error"]
     assert client.get("/api/thumbnail/..%2F..%2Fetc%2Fpasswd").status_code == 404
@@ -235,3 +235,11 @@ def test_any_json_body_gets_results_or_a_named_error(client, body):
         assert isinstance(payload["error"], str) and payload["error"]
     else:
         assert len(payload["results"]) == min(int(body["k"]), 64) if "k" in body else 10
+
+
+def test_an_upload_over_the_limit_gets_a_json_413(folder):
+    app = create_app(folder)
+    app.config["MAX_CONTENT_LENGTH"] = 1000
+    answer = app.test_client().post("/api/search", data={"image": (io.BytesIO(b"x" * 5000), "big.jpg")},
+                                    content_type="multipart/form-data")
+    assert answer.status_code == 413 and "error" in answer.get_json()

@@ -18,26 +18,27 @@ class UserError(Exception):
     """A problem with the user's input, reported as one line."""
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer of at least 1 (counts and search settings; 0 would silently mean 'default')."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _argument_type(name: str, convert, accepts, parse_expected: str, range_expected: str):
+    """An argparse type: ``convert(text)``, refused with ``expected ...`` when it fails or ``accepts`` says no."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {parse_expected}, got {text!r}") from None
+        if not accepts(value):
+            raise argparse.ArgumentTypeError(f"expected {range_expected}, got {value}")
+        return value
+
+    parse.__name__ = name
+    return parse
 
 
-def seed_int(text: str) -> int:
-    """An argparse type: a seed, an integer from 0 to 2**32 - 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"expected a seed from 0 to 2**32 - 1, got {value}")
-    return value
+# counts and search settings (0 would silently mean 'default'), seeds, fractions, ports
+positive_int = _argument_type("positive_int", int, lambda v: v >= 1, "a positive integer", "a positive integer")
+seed_int = _argument_type("seed_int", int, lambda v: 0 <= v < 2**32, "an integer seed",
+                          "a seed from 0 to 2**32 - 1")
+_fraction = _argument_type("fraction", float, lambda v: 0 < v <= 1, "a number in (0, 1]", "a number in (0, 1]")
+_port = _argument_type("port", int, lambda v: 0 <= v <= 65535, "a port number", "a port from 0 to 65535")
 
 
 def load_array(spec: str, role: str) -> np.ndarray:
@@ -174,7 +175,7 @@ def _encoder(args, model=None):
 
 def _embed(args) -> int:
     from ._files import atomic_write
-    from .folder import list_images, read_texts
+    from .pairs import list_images, read_texts
 
     output = Path(args.output)
     if output.suffix != ".npy":
@@ -216,7 +217,7 @@ def _build(args) -> int:
 
     settings = BuildSettings(factory=args.factory, precision=args.precision, batch_size=args.batch_size,
                              target_recall=args.target_recall, skip_errors=args.skip_errors)
-    if Path(args.output).exists() and not args.overwrite:
+    if not args.overwrite:
         refuse_existing(args.output)
     out = build_folder(args.pairs, args.model, args.output, settings=settings, extra_images=args.images,
                        extra_texts=args.texts, encoder=_encoder(args), overwrite=args.overwrite)
@@ -407,28 +408,6 @@ def _add_model_options(parser, model=True):
         parser.add_argument("--model", required=True, help="model folder in the jina-clip-v1 ONNX layout")
     parser.add_argument("--providers", default="auto", choices=("auto", "cpu", "cuda", "tensorrt"))
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
-
-
-def _fraction(text: str) -> float:
-    """An argparse type: a number in (0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {value}")
-    return value
-
-
-def _port(text: str) -> int:
-    """An argparse type: a TCP port, 0 to 65535 (0: any free one)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,7 +26,7 @@ from ._checks import MODALITIES, check_modality
 from ._files import atomic_write, check_path, read_npz
 from ._format import check_checksum, check_header, check_sealed, new_header, sealed, sha256_of
 from .calibration import GapCalibrator
-from .pairs import Pairs, image_files, read_pairs
+from .pairs import Pairs, list_images, read_pairs, read_texts
 
 FORMAT = "gapcal.IndexFolder"
 FORMAT_VERSION = 1
@@ -35,35 +35,6 @@ TUNING_QUERIES = 500  # sample queries per modality that choose the stored efSea
 LINK_QUERIES = 10_000  # stored items per modality used as sample queries for an HNSW graph's cross-modal edges
 CHUNK_ITEMS = 256  # items embedded per saved chunk: what an interrupted build can lose
 _ITEM_COLUMNS = {"image": "image", "text": "text"}  # the payload field holding each item itself
-
-
-def list_images(spec) -> list[Path]:
-    """Image files of a folder (natural order: 2 before 10), or the paths a file lists one per line
-    (relative to the file)."""
-    source = Path(spec)
-    if source.is_dir():
-        paths = image_files(source)
-        if not paths:
-            raise ValueError(f"no image files in the folder {str(source)!r}")
-        return paths
-    if not source.is_file():
-        raise ValueError(f"expected a folder of images or a file listing image paths, got {str(source)!r}, which "
-                         "does not exist")
-    lines = [line.strip() for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not lines:
-        raise ValueError(f"the list file {str(source)!r} names no image")
-    return [p if p.is_absolute() else source.parent / p for p in map(Path, lines)]
-
-
-def read_texts(spec) -> list[str]:
-    """The non-empty lines of a UTF-8 file, one text each."""
-    source = Path(spec)
-    if not source.is_file():
-        raise ValueError(f"expected a UTF-8 file with one text per line, got {str(source)!r}, which does not exist")
-    try:
-        return [line for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{source}: expected UTF-8 text ({exc})") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,12 +114,11 @@ def build_folder(pairs, model_dir, out, *, settings: BuildSettings = BuildSettin
     kept_images = [p for p, good in zip(images, image_ok) if good]
     image_ids = np.arange(len(kept_images), dtype=np.int64)
     text_ids = np.arange(len(kept_images), len(kept_images) + len(texts), dtype=np.int64)
-    columns = table.columns
     image_payload = {"image": [table.relative(p) for p in kept_images],
                      **{name: [values[first_row[p]] if p in first_row else None for p in kept_images]
-                        for name, values in columns.items()}}
+                        for name, values in table.columns.items()}}
     text_payload = {"text": texts, **{name: list(values) + [None] * (len(texts) - len(table))
-                                      for name, values in columns.items()}}
+                                      for name, values in table.columns.items()}}
     for modality, vectors, ids, payload in (("image", image_vectors, image_ids, image_payload),
                                             ("text", text_vectors, text_ids, text_payload)):
         if len(vectors) and not index.is_trained(modality):
@@ -176,7 +146,7 @@ def build_folder(pairs, model_dir, out, *, settings: BuildSettings = BuildSettin
     for name in ("image.npy", "text.npy", "ids.npz"):
         files[f"embeddings/{name}"] = sha256_of(work / "embeddings" / name)
     manifest = sealed(new_header(
-        FORMAT, FORMAT_VERSION, model=str(model), encoder_dim=int(cal.dim_),
+        FORMAT, FORMAT_VERSION, model=str(model),
         pairs={"source": str(Path(pairs).absolute()), "rows": len(table), "used": int(usable.sum()),
                "skipped": list(table.skipped), "listed_images": len(images)},
         images_root=str(table.root.absolute()), settings=dataclasses.asdict(settings),
@@ -191,9 +161,12 @@ def build_folder(pairs, model_dir, out, *, settings: BuildSettings = BuildSettin
 
 def _inputs_key(table: Pairs, images, texts, model: Path, settings: BuildSettings) -> str:
     """A digest of everything the saved embedding chunks depend on (a resumed build must match it)."""
-    graphs = sorted(str(p.relative_to(model)) + f":{p.stat().st_size}:{p.stat().st_mtime_ns}"
-                    for p in model.rglob("*") if p.is_file()) if model.is_dir() else []
-    stamps = [f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in images]
+    def stamp(path: Path) -> str:
+        info = path.stat()
+        return f"{path}:{info.st_size}:{info.st_mtime_ns}"
+
+    graphs = sorted(stamp(p) for p in model.rglob("*") if p.is_file()) if model.is_dir() else []
+    stamps = [stamp(p) for p in images]
     body = json.dumps({"images": stamps, "texts": texts, "model": str(model), "graphs": graphs,
                        "precision": settings.precision}, sort_keys=True)
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
@@ -446,8 +419,9 @@ class IndexFolder:
         return read_embeddings(self.path, self.manifest)
 
     def image_file(self, item_id: int) -> Path | None:
-        """The file of an indexed image item (for thumbnails), or None if the id is not an image here."""
-        if item_id not in set(self.index.ids("image").tolist()):
+        """The file of an indexed image item (for thumbnails), or None if the id is not an image here (only
+        stored image items carry an ``image`` payload)."""
+        if not 0 <= item_id < 2**63:
             return None
         path = self.index.payload([item_id], ["image"])["image"][0]
         if path is None:

@@ -7,7 +7,8 @@ Three forms, each naming the image of every caption explicitly:
 * a JSON Lines file of objects with ``image`` and ``caption`` keys (more keys are kept as payload);
 * a folder where ``name.jpg`` pairs with ``name.txt`` (one caption per non-empty line).
 
-An image may appear in several rows (one image, five captions): those pairs are one group.
+An image may appear in several rows (one image, five captions): those pairs are one group. Unpaired inputs
+(a folder or list of images, a file of texts) are read here too.
 """
 
 from __future__ import annotations
@@ -37,6 +38,35 @@ def image_files(folder: Path) -> list[Path]:
                   key=lambda p: natural_key(p.name))
 
 
+def list_images(spec) -> list[Path]:
+    """Image files of a folder (natural order: 2 before 10), or the paths a file lists one per line
+    (relative to the file)."""
+    source = Path(spec)
+    if source.is_dir():
+        paths = image_files(source)
+        if not paths:
+            raise ValueError(f"no image files in the folder {str(source)!r}")
+        return paths
+    if not source.is_file():
+        raise ValueError(f"expected a folder of images or a file listing image paths, got {str(source)!r}, which "
+                         "does not exist")
+    lines = [line.strip() for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"the list file {str(source)!r} names no image")
+    return [p if p.is_absolute() else source.parent / p for p in map(Path, lines)]
+
+
+def read_texts(spec) -> list[str]:
+    """The non-empty lines of a UTF-8 file, one text each."""
+    source = Path(spec)
+    if not source.is_file():
+        raise ValueError(f"expected a UTF-8 file with one text per line, got {str(source)!r}, which does not exist")
+    try:
+        return [line for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{source}: expected UTF-8 text ({exc})") from None
+
+
 @dataclass(frozen=True)
 class Pairs:
     """Rows of (image file, caption), in input order, with the user's extra columns."""
@@ -62,13 +92,6 @@ class Pairs:
             return path.relative_to(self.root).as_posix()
         except ValueError:
             return str(path)
-
-    def select(self, keep) -> Pairs:
-        """The rows where ``keep`` (a sequence of bools, one per row) is true."""
-        rows = [i for i, good in enumerate(keep) if good]
-        return Pairs(self.source, tuple(self.images[i] for i in rows), tuple(self.captions[i] for i in rows),
-                     {k: tuple(v[i] for i in rows) for k, v in self.columns.items()},
-                     tuple(self.labels[i] for i in rows), self.skipped)
 
 
 def read_pairs(path, *, skip_errors: bool = False) -> Pairs:
@@ -141,7 +164,8 @@ def _check_columns(names, where: str) -> None:
 
 def _table_rows(source: Path, text: str):
     delimiter = "\t" if source.suffix.lower() == ".tsv" else ","
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)  # quoted fields may hold newlines
+    # quoted fields may hold newlines; strict: an unclosed quote is an error, not the rest of the file as one field
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     header = next(reader, None)
     if not header:
         raise ValueError(f"{source}: empty file; expected a header line with 'image' and 'caption' columns")

@@ -246,7 +246,7 @@ class MixedIndex(CalibratedStore):
         themselves stored items. Returns the chosen settings and the recall they reached."""
         from .tuning import tune
 
-        self._per_modality("tune")
+        backend = self._per_modality("tune")
         check_modality("query_modality", query_modality)
         q = self._rows("queries", queries, allow_empty=False)
         if isinstance(target_recall, bool) or not isinstance(target_recall, (int, float)) \
@@ -262,8 +262,12 @@ class MixedIndex(CalibratedStore):
             exclude = exclude.astype(np.int64)
         with self._lock.read():
             self._check_calibrator_unchanged()
-        return tune(self, q, query_modality=query_modality, target_recall=float(target_recall), k=k,
-                    exclude_ids=exclude)
+        report = tune(self, q, query_modality=query_modality, target_recall=float(target_recall), k=k,
+                      exclude_ids=exclude)
+        if report["settings"]:
+            with self._lock.write():
+                backend.defaults = backend.check_defaults({**backend.defaults, query_modality: report["settings"]})
+        return report
 
     def link(self, queries, *, query_modality, k=10) -> dict:
         """Cross-modal edges for HNSW graphs (after RoarGraph, Chen et al., VLDB 2024): for sample queries

@@ -317,14 +317,18 @@ def settings_of(params) -> dict:
                     f"{type(params).__name__}")
 
 
-def flat_graph(index):
-    """The IndexHNSW inside ``index`` (through an IndexIDMap) when its vectors are stored flat, else None."""
+def graph_of(index):
+    """The IndexHNSW inside ``index`` (directly or through an IndexIDMap, whose positions are its nodes), or None."""
     index = faiss.downcast_index(index)
     if isinstance(index, faiss.IndexIDMap):
         index = faiss.downcast_index(index.index)
-    if isinstance(index, faiss.IndexHNSW) and isinstance(faiss.downcast_index(index.storage), faiss.IndexFlat):
-        return index
-    return None
+    return index if isinstance(index, faiss.IndexHNSW) else None
+
+
+def flat_graph(index):
+    """``graph_of(index)`` when its vectors are stored flat, else None."""
+    graph = graph_of(index)
+    return graph if graph is not None and isinstance(faiss.downcast_index(graph.storage), faiss.IndexFlat) else None
 
 
 def link_level0(graph, src: np.ndarray, dst: np.ndarray) -> tuple[int, int]:

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..._checks import MODALITIES
 from ..core import merge_ranked
+from . import plumbing
 
 NPROBE_LADDER = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 4096)
 EF_LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)  # below k, faiss uses k
@@ -28,27 +29,27 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean(shares)) if shares else 1.0
 
 
-def _drop(ids: np.ndarray, scores: np.ndarray | None, exclude: np.ndarray, k: int):
+def _drop(ids: np.ndarray, exclude: np.ndarray, k: int) -> np.ndarray:
     """Each row without its excluded id, cut to ``k`` columns (the excluded item is the query itself)."""
-    keep = ids != exclude[:, None]
-    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
-    rows = np.arange(len(ids))[:, None]
-    return ids[rows, order], None if scores is None else scores[rows, order]
+    order = np.argsort(ids == exclude[:, None], axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(ids, order, 1)
 
 
 def _exact_one(backend, modality, u: np.ndarray, k: int):
-    """Exact top-k inner products among the live items of one modality: the graph's flat storage scanned in
-    full (an HNSW walk with efSearch = ntotal where the storage cannot be reached)."""
+    """Exact top-k inner products among the live items of one modality: the graph's storage scanned in full
+    (an HNSW walk with efSearch = ntotal where a transform sits in front of the graph)."""
     sub = backend.subs[modality]
     hidden = backend.hidden[modality]
     wide = min(k + len(hidden), sub.ntotal)
-    inner = faiss.downcast_index(sub.index) if isinstance(sub, faiss.IndexIDMap) else None
-    if isinstance(inner, faiss.IndexHNSW):
-        scores, rows = faiss.downcast_index(inner.storage).search(backend._padded(u), wide)
+    graph = plumbing.graph_of(sub)
+    if graph is not None:
+        scores, rows = faiss.downcast_index(graph.storage).search(backend._padded(u), wide)
         id_map = faiss.vector_to_array(sub.id_map)
         ids = np.where(rows >= 0, id_map[np.maximum(rows, 0)], -1)
     else:
-        scores, ids = sub.search(backend._padded(u), wide, params=faiss.SearchParametersHNSW(efSearch=sub.ntotal))
+        params, keep = plumbing.search_parameters(sub, None, {"efSearch": int(sub.ntotal)})
+        scores, ids = sub.search(backend._padded(u), wide, params=params)
+        del keep
     if len(hidden):
         gone = np.isin(ids, hidden)
         scores, ids = np.where(gone, -np.inf, scores), np.where(gone, -1, ids)
@@ -58,40 +59,39 @@ def _exact_one(backend, modality, u: np.ndarray, k: int):
 
 
 def tune(mixed, queries, *, query_modality: str, target_recall: float, k: int, exclude_ids) -> dict:
-    """Store in ``mixed`` the cheapest settings whose recall@k for these queries reaches ``target_recall``;
-    returns what was chosen and measured."""
+    """The cheapest settings whose recall@k for these queries reaches ``target_recall``, and what they reached
+    (``MixedIndex.tune`` stores them)."""
     backend = mixed._backend
-    cal = mixed.calibrator
     targets = tuple(m for m in MODALITIES if backend.count(m))
     exclude = np.full(len(queries), -1, dtype=np.int64) if exclude_ids is None else exclude_ids
     report = {"query_modality": query_modality, "queries": len(queries), "k": k, "target": target_recall}
     if not targets or not backend.structures:
         return {**report, "settings": {}, "recall": 1.0, "reached": True, "note": "exact search: nothing to tune"}
-    plan = cal.plan_queries(queries, query_modality=query_modality, item_modalities=targets)
     wide = k + 1  # one more, for the excluded query itself
     if "ivf" in backend.structures:
         total = sum(backend.lists[m][0].nlist for m in targets)
         truth = mixed.search(queries, wide, query_modality=query_modality, params={"nprobe": total}).ids
-        truth = _drop(truth, None, exclude, k)[0]
+        truth = _drop(truth, exclude, k)
         budget, recall = total, 1.0
         for nprobe in [n for n in NPROBE_LADDER if n < total] + [total]:
             found = mixed.search(queries, wide, query_modality=query_modality, params={"nprobe": nprobe}).ids
-            recall = recall_at_k(_drop(found, None, exclude, k)[0], truth)
+            recall = recall_at_k(_drop(found, exclude, k), truth)
             if recall >= target_recall:
                 budget = nprobe
                 break
         chosen = {m: {"nprobe": int(budget)} for m in targets}
     else:
+        plan = mixed.calibrator.plan_queries(queries, query_modality=query_modality, item_modalities=targets)
         exact = [_exact_one(backend, m, u, wide) for m, u in zip(targets, plan.vectors)]
         parts = [(score_map(s), i) for score_map, (s, i) in zip(plan.maps, exact)]
-        truth = _drop(merge_ranked(targets, parts, wide)[2], None, exclude, k)[0]
+        truth = _drop(merge_ranked(targets, parts, wide)[2], exclude, k)
         rung = {m: 0 for m in targets}
         while True:  # widen the walk that misses most of the merged top k until the merged list reaches the target
             chosen = {m: {"efSearch": EF_LADDER[rung[m]]} for m in targets}
             found = [backend._search_each([(m, u)], query_modality, wide, chosen[m])[0]
                      for m, u in zip(targets, plan.vectors)]
             merged = merge_ranked(targets, [(f(s), i) for f, (s, i) in zip(plan.maps, found)], wide)[2]
-            merged = _drop(merged, None, exclude, k)[0]
+            merged = _drop(merged, exclude, k)
             recall = recall_at_k(merged, truth)
             raisable = [m for m in targets if rung[m] + 1 < len(EF_LADDER)]
             if recall >= target_recall or not raisable:
@@ -99,5 +99,4 @@ def tune(mixed, queries, *, query_modality: str, target_recall: float, k: int, e
             lost = (truth >= 0) & ~(truth[:, :, None] == merged[:, None, :]).any(axis=2)  # per query, per true item
             missed = {m: int((lost & np.isin(truth, backend.live[m])).sum()) for m in raisable}
             rung[max(missed, key=missed.get)] += 1
-    backend.defaults = backend.check_defaults({**backend.defaults, query_modality: chosen})
     return {**report, "settings": chosen, "recall": round(recall, 4), "reached": bool(recall >= target_recall)}
