@@ -10,7 +10,9 @@ fp32, and fp16 for the GPU part) into a temporary folder (never committed), then
 * GPU, when ONNX Runtime really gets the CUDA provider: the fp16 graphs through the encoder's session
   (IO binding) against PyTorch eager fp16 on the same GPU, with achieved TFLOP/s, both on ready inputs
   (ORT also copies inputs in and outputs out). Goal: ORT >= 2x PyTorch. Skipped, saying why, on
-  machines where no CUDA session can be created.
+  machines where no CUDA session can be created. Then the graph time alone (inputs already on the device)
+  for the exported graphs and for copies passed through ONNX Runtime's transformer optimizer, and with
+  ``--profile`` the CUDA kernels each run spends its time in.
 
 The CPU ORT figures are end to end (tokenisation, image preprocessing, sorting, output copies); the
 PyTorch figures are the model's forward pass alone on ready tensors. ORT and PyTorch runs alternate (so load
@@ -208,6 +210,83 @@ def bench(args) -> None:
               f"(ORT providers: {vision.providers}) vs PyTorch eager fp16"
               + ("" if torch_cuda else " (skipped: this torch build has no CUDA)"))
         _table(rows, "TFLOP/s", 1e-3)
+        if torch_cuda:
+            gpu_breakdown(Path(tmp), model, feeds, text_feeds, ids.cuda(), gpu_pixels, flops, args)
+
+
+def gpu_breakdown(tmp: Path, model, image_feeds, text_feeds, text_ids, pixels, flops, args) -> None:
+    """Where the GPU gap comes from: ORT's graph time alone (inputs already on the device, output left
+    there), for the exported fp16 graphs and for copies fused by ONNX Runtime's transformer optimizer
+    (LayerNorm / GELU / attention fusions where its patterns match), against PyTorch eager fp16; with
+    ``--profile``, the CUDA kernels each spends its time in (CUPTI through torch.profiler, which records
+    every kernel of the process, ORT's too)."""
+    variants = {"exported": {"images": tmp / "fp16" / "onnx" / "vision_model_fp16.onnx",
+                             "texts": tmp / "fp16" / "onnx" / "text_model_fp16.onnx"},
+                "ORT-optimized": {"images": tmp / "fused_vision.onnx", "texts": tmp / "fused_text.onnx"}}
+    for kind, graph, heads, hidden in (("images", "vision_model", 12, 768), ("texts", "text_model", 8, 512)):
+        fusions = fuse_fp16(tmp / "fp32" / "onnx" / f"{graph}.onnx", variants["ORT-optimized"][kind], heads, hidden)
+        print(f"ORT transformer optimizer on the {graph} graph: {fusions}")
+    workloads = {"images": (image_feeds, partial(torch_images, model, pixels.half().cuda(), sync=True),
+                            len(pixels), flops["images"]),
+                 "texts": (text_feeds, partial(torch_texts, model, text_ids, sync=True), len(text_ids), flops[77])}
+    print("\nGPU graph time alone (inputs on the device, output left there), fp16")
+    print(f"{'workload':<10}{'graph':<15}{'ORT /s':>10}{'PyTorch /s':>12}{'ORT/PyTorch':>13}{'ORT TFLOP/s':>13}")
+    with torch.inference_mode():
+        for kind, (feeds, torch_run, items, gflop) in workloads.items():
+            for label, paths in variants.items():
+                session = OrtSession(paths[kind], "cuda")
+                run = resident_run(session, feeds)
+                ort_rate, pt_rate, ratio = paired_rates(run, torch_run, items, args.repeats)
+                print(f"{kind:<10}{label:<15}{ort_rate:>10.1f}{pt_rate:>12.1f}{ratio:>12.2f}x"
+                      f"{ort_rate * gflop * 1e-3:>13.1f}")
+                if args.profile:
+                    kernel_table(run, f"ORT {label} {kind}")
+            if args.profile:
+                kernel_table(torch_run, f"PyTorch {kind}")
+
+
+def fuse_fp16(source: Path, target: Path, heads: int, hidden: int) -> dict:
+    """Write ``source`` (fp32) through ONNX Runtime's transformer optimizer and fp16 conversion (float32
+    inputs and outputs kept); return the fused operator counts."""
+    from onnxruntime.transformers import optimizer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fused = optimizer.optimize_model(str(source), model_type="clip", num_heads=heads, hidden_size=hidden,
+                                         opt_level=0, use_gpu=True)
+        fused.convert_float_to_float16(keep_io_types=True)
+    fused.save_model_to_file(str(target))
+    return {name: count for name, count in fused.get_fused_operator_statistics().items() if count}
+
+
+def resident_run(session: OrtSession, feeds: dict):
+    """A call that runs the graph on copies of ``feeds`` already in GPU memory, output bound there."""
+    import onnxruntime as ort
+
+    binding = session.session.io_binding()
+    for name, value in feeds.items():
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), "cuda", 0))
+    binding.bind_output(session.session.get_outputs()[0].name, "cuda", 0)
+    return partial(session.session.run_with_iobinding, binding)
+
+
+def kernel_table(run, label: str, runs: int = 3, top: int = 10) -> None:
+    """The ``top`` CUDA kernels of ``run`` by device time (ms per run, share of the run's kernel time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(runs):
+            run()
+        torch.cuda.synchronize()
+    events = [(e.key, getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0))
+              for e in prof.key_averages()]
+    events = sorted((e for e in events if e[1] > 0), key=lambda e: -e[1])
+    total = sum(t for _, t in events)
+    print(f"  {label}: {total / runs / 1e3:.2f} ms of kernels per run; top kernels:")
+    for name, spent in events[:top]:
+        print(f"    {spent / runs / 1e3:8.3f} ms {100 * spent / total:5.1f}%  {name[:90]}")
 
 
 def _table(rows, unit: str, scale: float) -> None:
@@ -225,6 +304,7 @@ def main(argv=None) -> None:
     parser.add_argument("--texts", type=int, default=32, help="texts per CPU run (one batch)")
     parser.add_argument("--gpu-images", type=int, default=256, help="images per GPU run (one batch)")
     parser.add_argument("--gpu-texts", type=int, default=1024, help="texts per GPU run (one batch)")
+    parser.add_argument("--profile", action="store_true", help="GPU: print the top CUDA kernels of each run")
     bench(parser.parse_args(argv))
 
 
