@@ -75,10 +75,10 @@ def test_score_maps_are_strictly_increasing_and_invertible(seed, n, shift, sprea
 @FAST
 @given(seed=st.integers(0, 2**32 - 1), dtype=st.sampled_from(["float16", "float32", "float64", "int8", "int16",
                                                              "int32", "int64", "uint8"]),
-       magnitude=st.sampled_from([1e-3, 1.0, 100.0]))
-def test_unit_rows_gives_unit_rows_or_names_the_bad_ones(seed, dtype, magnitude):
+       magnitude=st.sampled_from([1e-3, 1.0, 100.0]), rows=st.sampled_from([1, 8]))
+def test_unit_rows_gives_unit_rows_or_names_the_bad_ones(seed, dtype, magnitude, rows):
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((8, 5)) * magnitude
+    x = rng.standard_normal((rows, 5)) * magnitude
     info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
     arr = np.clip(np.round(x), info.min, info.max).astype(dtype) if info else x.astype(dtype)
     zero = ~arr.astype(np.float64).any(axis=1)
@@ -91,6 +91,17 @@ def test_unit_rows_gives_unit_rows_or_names_the_bad_ones(seed, dtype, magnitude)
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1, atol=1e-5)
     ref = arr.astype(np.float64) / np.linalg.norm(arr.astype(np.float64), axis=1, keepdims=True)
     np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("row, message", [([np.nan, 1.0], r"be finite: rows \[{}\] hold NaN or inf"),
+                                          ([np.inf, 0.0], r"be finite: rows \[{}\] hold NaN or inf"),
+                                          ([0.0, 0.0], r"not hold all-zero rows .*rows \[{}\]")])
+def test_unit_rows_checks_one_row_as_it_checks_many(row, message):
+    with pytest.raises(ValueError, match="x must " + message.format(0)):
+        unit_rows("x", np.array([row]))
+    with pytest.raises(ValueError, match="x must " + message.format(1)):
+        unit_rows("x", np.array([[1.0, 2.0], row]))
+    np.testing.assert_allclose(unit_rows("x", np.array([[1e300, 1e300]])), [[2 ** -0.5, 2 ** -0.5]], rtol=1e-6)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

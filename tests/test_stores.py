@@ -12,6 +12,7 @@ import pytest
 
 from gapcal.calibration import GapCalibrator
 from gapcal.stores import SearchResult
+from gapcal.stores.core import merge_ranked
 from gapcal.stores.milvus import MilvusStore
 
 N = 500
@@ -420,3 +421,15 @@ def test_a_bad_filter_is_a_value_error_naming_it(store, coco, expression, capfd)
     with pytest.raises(ValueError, match=r"filter must be a Milvus boolean expression on this collection's fields, got "):
         store.search(coco[0][:2], query_modality="text", filter=expression)
     assert "Traceback" not in capfd.readouterr().err  # pymilvus's own log of the failure is kept quiet
+
+
+def test_merge_of_one_query_equals_its_row_of_a_batch():
+    """One query takes a shorter path through the merge: same order (ties too), scores, ids and modalities."""
+    rng = np.random.default_rng(0)
+    parts = [(np.round(rng.random((6, 4)), 1), rng.integers(-1, 50, (6, 4))),
+             (np.round(rng.random((6, 3)), 1).astype(np.float32), rng.integers(-1, 50, (6, 3)))]
+    batch = merge_ranked(("text", "image"), parts, 5)
+    for row in range(6):
+        one = merge_ranked(("text", "image"), [(s[row:row + 1], i[row:row + 1]) for s, i in parts], 5)
+        for got, expected in zip(one, batch, strict=True):
+            np.testing.assert_array_equal(got, expected[row:row + 1])

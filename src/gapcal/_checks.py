@@ -111,7 +111,9 @@ def unit_rows(name: str, x, row_offset: int = 0, out: np.ndarray | None = None) 
         np.copyto(target, rows, casting="unsafe")
         rows = target
     squares = np.einsum("ij,ij->i", rows, rows)
-    if not squares.size or (squares.min() > 0 and squares.max() < np.inf):  # NaN fails both: checked below
+    # NaN fails every comparison: checked below; one row (a single query) is tested without two reductions
+    if (0.0 < float(squares[0]) < np.inf) if len(squares) == 1 else \
+            (not squares.size or (squares.min() > 0 and squares.max() < np.inf)):
         np.divide(rows, np.sqrt(squares)[:, None], out=target, casting="unsafe")
         return target
     fine = np.isfinite(squares) & (squares > 0)

@@ -129,9 +129,9 @@ class GapCalibrator:
         fitted = self.__dict__.get("_fit_params")
         if fitted is None:
             return
-        for name, value in self.get_params().items():
-            before = fitted[name]
-            if type(value) is not type(before) or value != before:
+        for name, before in fitted.items():  # runs on every use: the identity test settles most options at once
+            value = getattr(self, name)
+            if value is not before and (type(value) is not type(before) or value != before):
                 raise ValueError(f"option {name} was changed from {before!r} to {value!r} after fitting: the fitted "
                                  f"state belongs to {name}={before!r}; call fit again (or set it back)")
 

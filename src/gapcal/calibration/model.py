@@ -107,8 +107,10 @@ class Model:
     def query_vectors(self, e: np.ndarray, query_modality: str, item_modality: str) -> np.ndarray:
         if not self.hub:
             return e
-        weight = -1.0 if query_modality != item_modality else 0.0
-        return np.concatenate([e, np.full((len(e), 1), weight, dtype=np.float32)], axis=1)
+        out = np.empty((len(e), e.shape[1] + 1), dtype=np.float32)
+        out[:, :-1] = e
+        out[:, -1] = -1.0 if query_modality != item_modality else 0.0
+        return out
 
     def raw_blocks(self, text_units: np.ndarray, image_units: np.ndarray) -> list:
         """Raw inner products of the four pair types (tt, ti, it, ii), each side embedded once."""

@@ -119,20 +119,11 @@ class ReadWriteLock:
         self._readers = 0
         self._writing = False
         self._writers_waiting = 0
+        self._reading = _ReadLock(self)
 
-    @contextmanager
     def read(self):
-        with self._cond:
-            while self._writing or self._writers_waiting:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
+        """``with lock.read():`` a search (one shared context object: no generator per call)."""
+        return self._reading
 
     @contextmanager
     def write(self):
@@ -148,6 +139,29 @@ class ReadWriteLock:
             with self._cond:
                 self._writing = False
                 self._cond.notify_all()
+
+
+class _ReadLock:
+    """The read side of a ReadWriteLock as a plain context manager."""
+
+    __slots__ = ("_owner",)
+
+    def __init__(self, owner: ReadWriteLock):
+        self._owner = owner
+
+    def __enter__(self):
+        owner = self._owner
+        with owner._cond:
+            while owner._writing or owner._writers_waiting:
+                owner._cond.wait()
+            owner._readers += 1
+
+    def __exit__(self, *exc):
+        owner = self._owner
+        with owner._cond:
+            owner._readers -= 1
+            if not owner._readers:
+                owner._cond.notify_all()
 
 
 # -------------------------------------------------------------------- checks shared by every store
@@ -222,13 +236,17 @@ def merge_ranked(targets, parts, k):
     Returns ``(order, scores, ids, modalities)``: float32 scores; ``order`` indexes the concatenated columns,
     for callers that carry more per-hit data. Missing hits (id -1) rank last with score -inf and modality "".
     """
-    scores = np.concatenate([p[0] for p in parts], axis=1).astype(np.float32)
+    scores = np.concatenate([p[0] for p in parts], axis=1, dtype=np.float32)
     ids = np.concatenate([p[1] for p in parts], axis=1)
     codes = _modality_codes(tuple(targets), tuple(p[1].shape[1] for p in parts))
     if ids.size and ids.min() < 0:
         missing = ids < 0
         codes = np.where(missing, len(MODALITIES), codes)
         scores[missing] = -np.inf
+    if len(ids) == 1:  # one query (how services call): 1-D indexing costs less than the row-broadcast kind
+        order = np.argsort(-scores[0], kind="stable")[:k]
+        picked = codes[order] if codes.ndim == 1 else codes[0, order]
+        return order[None], scores[0, order][None], ids[0, order][None], _LABELS[picked][None]
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     rows = np.arange(len(ids))[:, None]
     picked = codes[order] if codes.ndim == 1 else codes[rows, order]

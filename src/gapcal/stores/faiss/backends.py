@@ -7,6 +7,8 @@ Each owns its persistence: ``state()`` and the ``files`` it writes, ``restore`` 
 
 from __future__ import annotations
 
+import math
+
 import faiss
 import numpy as np
 
@@ -122,6 +124,7 @@ class PerModality(FaissBackend):
         self.structures = plumbing.structures(subs["text"])
         self._hidden_sel = {m: None for m in MODALITIES}  # selectors that skip ids faiss could not delete
         self._params = {}  # (modality, settings) -> (SearchParameters, keep): built once, read by every search
+        self._maps = {}  # (query modality, item modality) -> score map (the store's calibrator never changes)
         self.defaults = self.check_defaults(defaults)  # query modality -> item modality -> settings
         self.lists = {m: plumbing.inverted_lists(subs[m]) for m in MODALITIES}  # (IVF structure, transforms)
         for ivf, _ in self.lists.values():
@@ -246,9 +249,12 @@ class PerModality(FaissBackend):
         for m, u in trained:
             ivf, chain = self.lists[m]
             u = plumbing.before_lists(chain, self._padded(u))
-            score_map = self.cal.score_map(query_modality=query_modality, item_modality=m)
+            score_map = self._maps.get((query_modality, m))
+            if score_map is None:
+                score_map = self._maps[query_modality, m] = self.cal.score_map(query_modality=query_modality,
+                                                                              item_modality=m)
             centroid_scores, lists = ivf.quantizer.search(u, min(budget, ivf.nlist))
-            optimism = np.float32(plumbing.LIST_OPTIMISM * np.sqrt((self.spread[m] or 0.0) / ivf.d))
+            optimism = np.float32(plumbing.LIST_OPTIMISM * math.sqrt((self.spread[m] or 0.0) / ivf.d))
             reach = score_map(centroid_scores + (optimism * np.sqrt(np.einsum("ij,ij->i", u, u)))[:, None])
             reach[lists < 0] = -np.inf
             probes.append((m, u, centroid_scores, lists, reach))
