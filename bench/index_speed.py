@@ -18,7 +18,8 @@ Equal recall (HNSW, IVF): for recall@10 targets 0.90 / 0.95 / 0.99, the cheapest
 reaches the target (mean of both query modalities; bare against the raw ranking, mixed against the
 calibrated one) and its batch time: bare faiss, MixedIndex with one setting for both walks (``params``), and
 MixedIndex with the settings ``MixedIndex.tune`` chose and stored (one efSearch per query and item
-modality, or one nprobe budget) from separate tuning queries.
+modality, or one nprobe budget) from separate tuning queries. The "floor" line times both at the ladder's
+cheapest setting: where bare reaches a target there, the ratio at equal recall cannot fall below it.
 
 Run: ``python bench/index_speed.py`` (about 15 minutes on 2 cores; ``--quick`` for a smaller run,
 ``--only ivf`` (or flat, hnsw) for one configuration).
@@ -198,7 +199,9 @@ def equal_recall(bare, mixed, queries, tuning, raw_truth, cal_truth, repeats, li
             out[t] = (mixed.search_defaults, ms, r)
         return out
 
-    rows = {"bare": cheapest(bare_at), "uniform": cheapest(lambda v: mixed_at({name: v})), "tuned": tuned()}
+    lowest = LADDERS[name][0]
+    rows = {"floor": (lowest, bare_at(lowest), mixed_at({name: lowest})),
+            "bare": cheapest(bare_at), "uniform": cheapest(lambda v: mixed_at({name: v})), "tuned": tuned()}
     if link_items is not None:
         rng = np.random.default_rng(2)
         start = time.perf_counter()
@@ -303,6 +306,9 @@ def report(r) -> None:
                 line += (f" | mixed, linked + tuned {_tuned(tuned, name)} {_ms(tuned_ms)} (recall {tuned_r:.3f}) "
                          f"{_x(tuned_ms, bare_ms)}")
             print(line)
+        lowest, (bare_ms, bare_r), (mixed_ms, mixed_r) = rows["floor"]
+        print(f"    floor: at the ladder's cheapest setting, {name}={lowest}, mixed costs {mixed_ms / bare_ms:.2f}x bare "
+              f"({_ms(mixed_ms)} vs {_ms(bare_ms)}; recall {mixed_r:.3f} vs {bare_r:.3f}): no mixed setting costs less")
         if "linked" in rows:
             print(f"    (linking: {LINK_QUERIES} stored items of each modality as sample queries, "
                   f"{rows['link_seconds']:.1f} s on top of the build)")

@@ -193,3 +193,41 @@ def test_tune_through_a_transform_in_front_of_the_graph(cal, coco):
         index.add(x, modality=m, ids=np.arange(start, start + 500))
     report = index.tune(text[:50], query_modality="text", exclude_ids=np.arange(50))
     assert report["reached"] and set(report["settings"]) == {"text", "image"}
+
+
+def _link_one_by_one(neighbors, starts, width, src, dst):
+    """Reference for plumbing.link_level0: the edges one at a time into the first free slot; a repeated
+    edge counts once."""
+    added = full = 0
+    seen = set()
+    for s, d in zip(src.tolist(), dst.tolist()):
+        slots = neighbors[starts[s]:starts[s] + width]
+        if s == d or (s, d) in seen or (slots == d).any():
+            continue
+        seen.add((s, d))
+        free = np.flatnonzero(slots < 0)
+        if len(free):
+            slots[free[0]] = d
+            added += 1
+        else:
+            full += 1
+    return added, full
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_link_level0_equals_adding_edges_one_at_a_time(seed):
+    from gapcal.stores.faiss import plumbing
+
+    rng = np.random.default_rng(seed)
+    graph = faiss.IndexHNSWFlat(8, 4)  # 8 level-0 slots: lists fill up, so refusals happen too
+    graph.add(rng.standard_normal((300, 8)).astype(np.float32))
+    hnsw = graph.hnsw
+    begin, end = (int(v) for v in faiss.vector_to_array(hnsw.cum_nneighbor_per_level)[:2])
+    starts = faiss.vector_to_array(hnsw.offsets)[:-1].astype(np.int64) + begin
+    expected = faiss.vector_to_array(hnsw.neighbors).copy()
+    src = rng.integers(0, 300, 3000)
+    dst = np.where(rng.random(3000) < 0.1, src, rng.integers(0, 300, 3000))  # some self edges and repeats
+    counts = _link_one_by_one(expected, starts, end - begin, src, dst)
+    assert plumbing.link_level0(graph, src, dst) == counts and counts[0] > 0 and counts[1] > 0
+    np.testing.assert_array_equal(faiss.vector_to_array(hnsw.neighbors), expected)
+    assert plumbing.link_level0(graph, src[:0], dst[:0]) == (0, 0)

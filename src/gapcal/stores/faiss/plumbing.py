@@ -332,26 +332,34 @@ def flat_graph(index):
 
 
 def link_level0(graph, src: np.ndarray, dst: np.ndarray) -> tuple[int, int]:
-    """Add the edges src[i] -> dst[i] (graph node numbers) to free slots of the level-0 neighbour lists; an edge
-    already there, or a node whose list is full, is left as it is. Returns (added, refused for a full list)."""
+    """Add the edges src[i] -> dst[i] (graph node numbers) to free slots of the level-0 neighbour lists, in the
+    order given; an edge already there (or earlier in the list), or one whose source list is full, is left out.
+    Returns (added, refused for a full list). Vectorised: a few numpy passes, whatever the number of edges."""
     hnsw = graph.hnsw
+    src, dst = np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64)
+    keep = src != dst
+    src, dst = src[keep], dst[keep]
+    if not len(src):
+        return 0, 0
     neighbors = faiss.vector_to_array(hnsw.neighbors)
-    offsets = faiss.vector_to_array(hnsw.offsets)
+    offsets = faiss.vector_to_array(hnsw.offsets).astype(np.int64)
     levels = faiss.vector_to_array(hnsw.cum_nneighbor_per_level)
-    begin, end = int(levels[0]), int(levels[1])
-    added = full = 0
-    for s, d in zip(src.tolist(), dst.tolist()):
-        if s == d:
-            continue
-        start = int(offsets[s]) + begin
-        slots = neighbors[start:start + end - begin]
-        if (slots == d).any():
-            continue
-        free = np.flatnonzero(slots < 0)
-        if len(free):
-            slots[free[0]] = d
-            added += 1
-        else:
-            full += 1
+    begin, width = int(levels[0]), int(levels[1] - levels[0])
+    nodes, row_of = np.unique(src, return_inverse=True)
+    cells = (offsets[nodes] + begin)[:, None] + np.arange(width)  # each source's level-0 slots
+    rows = neighbors[cells]
+    _, first = np.unique(src * (int(dst.max()) + 1) + dst, return_index=True)
+    new = np.zeros(len(src), dtype=bool)
+    new[first] = True  # the first of repeated edges
+    new &= ~(rows[row_of] == dst[:, None]).any(axis=1)  # not in the list already
+    row_of, dst = row_of[new], dst[new]
+    order = np.argsort(row_of, kind="stable")  # per source, in the order given
+    grouped = row_of[order]
+    rank = np.arange(len(grouped)) - np.searchsorted(grouped, grouped)
+    free = rows < 0
+    fits = rank < free.sum(axis=1)[grouped]
+    free_slots = np.argsort(~free, axis=1, kind="stable")  # each row's free slots first, in order
+    slot = free_slots[grouped[fits], rank[fits]]
+    neighbors[cells[grouped[fits], slot]] = dst[order][fits]
     faiss.copy_array_to_vector(neighbors, hnsw.neighbors)
-    return added, full
+    return int(fits.sum()), int((~fits).sum())
