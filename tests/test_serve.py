@@ -168,7 +168,8 @@ def test_the_page_searches_and_renders_in_headless_chromium(browser, server, fol
     assert browser.find_element(By.ID, "raw-column").is_displayed() and len(hits("raw")) == 10
 
     browser.find_element(By.ID, "image").send_keys(str(COCO / "images" / "4.jpg"))
-    WebDriverWait(browser, 30).until(lambda b: "image 4.jpg" in b.find_element(By.ID, "status").text)
+    # "searching image 4.jpg..." shows while the request runs: wait for its results
+    WebDriverWait(browser, 30).until(lambda b: "results for image 4.jpg" in b.find_element(By.ID, "status").text)
     titles = [img.get_attribute("title") for img in browser.find_elements(By.CSS_SELECTOR, "#calibrated img.thumb")]
     assert "images/4.jpg" in titles[:3]  # the image itself, near the top (random weights)
     WebDriverWait(browser, 30).until(lambda b: b.execute_script(
