@@ -5,9 +5,10 @@ target only when its mean recall minus MARGIN_SE standard errors (over the queri
 whose sample mean just clears the target is, on other queries, more often below it than above (measured in
 ``bench/index_speed.py``, HNSW32 200k: 0.938 on other queries for settings that gave 0.95 on the tuning
 ones; with one standard error of margin the quick run's 0.95 target measured 0.957, with two 0.969).
-HNSW gets one efSearch per (query
-modality, item modality): a cross-modal walk (a text query in the image graph) is out of distribution and
-needs a wider beam than a same-modal one, so one shared efSearch would overpay on the easy walk.
+
+HNSW gets one efSearch per (query modality, item modality): a cross-modal walk (a text query in the image
+graph) is out of distribution and needs a wider beam than a same-modal one, so one shared efSearch would
+overpay on the easy walk.
 IVF gets one nprobe budget per query modality, shared by both modalities' lists as at search time.
 """
 
