@@ -11,9 +11,8 @@ fp32, and fp16 for the GPU part) into a temporary folder (never committed), then
   (IO binding) against PyTorch eager fp16 on the same GPU, with achieved TFLOP/s, both on ready inputs
   (ORT also copies inputs in and outputs out). Goal: ORT >= 2x PyTorch. Skipped, saying why, on
   machines where no CUDA session can be created. Then the graph time alone (inputs already on the device)
-  for the exported graphs, for copies passed through ONNX Runtime's transformer optimizer, and for an
-  export traced with transformers' eager attention (whose pattern that optimizer fuses into its Attention
-  kernel) passed through it too; with ``--profile`` the CUDA kernels each run spends its time in.
+  for the fp16 graphs as exported (layers fused for ONNX Runtime) and converted without fusion; with
+  ``--profile`` the CUDA kernels each run spends its time in.
 
 The CPU ORT figures are end to end (tokenisation, image preprocessing, sorting, output copies); the
 PyTorch figures are the model's forward pass alone on ready tensors. ORT and PyTorch runs alternate (so load
@@ -26,10 +25,10 @@ the ratio the median of the per-pair ratios. Needs the ``export`` extra (torch, 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -69,25 +68,7 @@ def build_vit_b16(out: Path, fp16: bool):
     builder.export_with_gapcal(model, tokenizer, out / "fp32")
     if fp16:
         builder.export_with_gapcal(model, tokenizer, out / "fp16", precision="fp16")
-        with eager_attention():
-            builder.export_with_gapcal(model, tokenizer, out / "eager")
     return model, tokenizer
-
-
-@contextlib.contextmanager
-def eager_attention():
-    """Exports inside trace transformers' eager attention instead of SDPA (the same arithmetic): the graph
-    pattern ONNX Runtime's CLIP attention fuser recognises. A measurement for the GPU breakdown only."""
-    from transformers import CLIPModel
-
-    import gapcal.export.clip as clip_export
-
-    default = clip_export.load
-    clip_export.load = lambda folder: CLIPModel.from_pretrained(folder, attn_implementation="eager").float().eval()
-    try:
-        yield
-    finally:
-        clip_export.load = default
 
 
 def gflop_per_item(layers: int, tokens: int, width: int, ffn: int, patch_macs: int = 0) -> float:
@@ -235,19 +216,22 @@ def bench(args) -> None:
 
 
 def gpu_breakdown(tmp: Path, model, image_feeds, text_feeds, text_ids, pixels, flops, args) -> None:
-    """Where the GPU gap comes from: ORT's graph time alone (inputs already on the device, output left
-    there), for the exported fp16 graphs and for copies fused by ONNX Runtime's transformer optimizer
-    (LayerNorm / GELU / attention fusions where its patterns match), against PyTorch eager fp16; with
-    ``--profile``, the CUDA kernels each spends its time in (CUPTI through torch.profiler, which records
-    every kernel of the process, ORT's too)."""
-    variants = {"exported": {"images": tmp / "fp16" / "onnx" / "vision_model_fp16.onnx",
-                             "texts": tmp / "fp16" / "onnx" / "text_model_fp16.onnx"},
-                "ORT-optimized": {"images": tmp / "fused_vision.onnx", "texts": tmp / "fused_text.onnx"},
-                "eager+optimized": {"images": tmp / "eager_vision.onnx", "texts": tmp / "eager_text.onnx"}}
-    for source, label in (("fp32", "ORT-optimized"), ("eager", "eager+optimized")):
-        for kind, graph, heads, hidden in (("images", "vision_model", 12, 768), ("texts", "text_model", 8, 512)):
-            fusions = fuse_fp16(tmp / source / "onnx" / f"{graph}.onnx", variants[label][kind], heads, hidden)
-            print(f"ORT transformer optimizer on the {source} {graph} graph: {fusions}")
+    """Where the GPU time goes: ORT's graph time alone (inputs already on the device, output left there) for
+    the fp16 graphs ``gapcal export`` writes (layers fused by ONNX Runtime's transformer optimizer) and for
+    the same graphs converted without fusion, against PyTorch eager fp16; with ``--profile``, the CUDA kernels
+    each spends its time in (CUPTI through torch.profiler, which records every kernel of the process, ORT's too)."""
+    from gapcal.export.card import read_card
+    from gapcal.export.graphs import to_fp16
+
+    card = read_card(tmp / "fp16")
+    print(f"fused by gapcal export (fp16): {card['fused_operators']}")
+    variants = {"fused": {"images": tmp / "fp16" / "onnx" / "vision_model_fp16.onnx",
+                          "texts": tmp / "fp16" / "onnx" / "text_model_fp16.onnx"},
+                "unfused": {"images": tmp / "unfused_vision.onnx", "texts": tmp / "unfused_text.onnx"}}
+    for kind, graph in (("images", "vision_model"), ("texts", "text_model")):
+        copy = tmp / f"{graph}_copy.onnx"
+        shutil.copyfile(tmp / "fp32" / "onnx" / f"{graph}.onnx", copy)
+        to_fp16(copy, variants["unfused"][kind])
     workloads = {"images": (image_feeds, partial(torch_images, model, pixels.half().cuda(), sync=True),
                             len(pixels), flops["images"]),
                  "texts": (text_feeds, partial(torch_texts, model, text_ids, sync=True), len(text_ids), flops[77])}
@@ -265,20 +249,6 @@ def gpu_breakdown(tmp: Path, model, image_feeds, text_feeds, text_ids, pixels, f
                     kernel_table(run, f"ORT {label} {kind}")
             if args.profile:
                 kernel_table(torch_run, f"PyTorch {kind}")
-
-
-def fuse_fp16(source: Path, target: Path, heads: int, hidden: int) -> dict:
-    """Write ``source`` (fp32) through ONNX Runtime's transformer optimizer and fp16 conversion (float32
-    inputs and outputs kept); return the fused operator counts."""
-    from onnxruntime.transformers import optimizer
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fused = optimizer.optimize_model(str(source), model_type="clip", num_heads=heads, hidden_size=hidden,
-                                         opt_level=0, use_gpu=True)
-        fused.convert_float_to_float16(keep_io_types=True)
-    fused.save_model_to_file(str(target))
-    return {name: count for name, count in fused.get_fused_operator_statistics().items() if count}
 
 
 def resident_run(session: OrtSession, feeds: dict):

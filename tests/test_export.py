@@ -139,6 +139,11 @@ def test_fp16_export(tmp_path, masked_model):
     assert sorted(p.name for p in (out / "onnx").iterdir()) == ["text_model_fp16.onnx", "vision_model_fp16.onnx"]
     card = read_card(out)
     assert card["precision"] == "fp16" and card["text"]["graph"] == "onnx/text_model_fp16.onnx"
+    # the GPU graphs run ONNX Runtime's fused kernels: every vision attention layer, LayerNorm + residual
+    vision_ops = {node.op_type for node in onnx.load(str(out / "onnx/vision_model_fp16.onnx")).graph.node}
+    layers = masked_model.config.vision_config.num_hidden_layers
+    assert card["fused_operators"]["vision"]["Attention"] == layers and "Attention" in vision_ops
+    assert card["fused_operators"]["text"]["SkipLayerNormalization"] > 0
     check = card["verification"]
     assert check["metric"] == "min_cosine" and list(check["text_by_length"]) == ["1", "16", "17", "40"]
     assert min(check["text_by_length"].values()) >= 0.999 and check["vision"] >= 0.999

@@ -118,11 +118,12 @@ def export_model(source: str | Path, out_dir: str | Path, *, precision: str = "f
                 ids, mask = sampler.batch(max_length, 2, np.random.default_rng(0))
                 graphs.export_text(towers, text_graph, ids, mask, opset)
                 graphs.export_vision(towers, vision_graph, opset)
+        fused = {}
         if precision == "fp16":
-            logger.info("converting to fp16")
+            logger.info("converting to fp16%s", " (layers fused for ONNX Runtime)" if towers.fusion else "")
             halves = [graph.with_name(graph.stem + "_fp16.onnx") for graph in (text_graph, vision_graph)]
-            for graph, half in zip((text_graph, vision_graph), halves):
-                graphs.to_fp16(graph, half)
+            for tower, graph, half in zip(("text", "vision"), (text_graph, vision_graph), halves):
+                fused[tower] = graphs.to_fp16(graph, half, (towers.fusion or {}).get(tower))
             text_graph, vision_graph = halves
 
         logger.info("verifying against PyTorch at sequence lengths %s, batch sizes %s",
@@ -146,6 +147,7 @@ def export_model(source: str | Path, out_dir: str | Path, *, precision: str = "f
             "exporter": "optimum-onnx (MetaCLIP-2 split ONNX config)" if use_optimum
             else "torch.onnx.export (TorchScript)",
             "precision": precision,
+            "fused_operators": fused,
             "opset": opset,
             "normalized": False,
             "text": {"graph": text_graph.relative_to(tmp).as_posix(), "inputs": list(towers.text_inputs),

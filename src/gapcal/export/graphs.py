@@ -33,6 +33,9 @@ class Towers:
     position_limit : the longest token sequence the text tower takes.
     vocab_size : number of token ids the text tower embeds.
     pad_id : the id an ids-only text tower treats as padding; None when the graph takes a mask.
+    fusion : per tower (``"text"``, ``"vision"``), the (attention heads, width) ONNX Runtime's transformer
+        optimizer needs to fuse its CLIP layers (attention, LayerNorm + residual, QuickGelu) in the fp16
+        graphs, the GPU ones; None: fp16 graphs are converted as exported.
     """
 
     text: torch.nn.Module
@@ -42,6 +45,7 @@ class Towers:
     position_limit: int
     vocab_size: int
     pad_id: int | None = None
+    fusion: dict | None = None
 
 
 def export_text(towers: Towers, path: Path, ids: np.ndarray, mask: np.ndarray, opset: int) -> None:
@@ -85,18 +89,31 @@ def export_graph(module: torch.nn.Module, args: tuple, path: Path, input_names: 
         shutil.rmtree(work)
 
 
-def to_fp16(source: Path, target: Path) -> None:
+def to_fp16(source: Path, target: Path, fusion: tuple[int, int] | None = None) -> dict:
     """Write an fp16 copy of a graph: float16 weights and compute, float32 inputs and outputs (as
-    jina-clip-v1's ``*_fp16.onnx``), then delete the float32 graph."""
+    jina-clip-v1's ``*_fp16.onnx``), then delete the float32 graph. With ``fusion`` = (attention heads, width)
+    of a CLIP tower, ONNX Runtime's transformer optimizer first fuses its layers into the contrib kernels
+    ONNX Runtime runs fastest on GPU (measured in ``bench/encode_speed.py``). Returns the fused operator counts."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = onnx.load(str(source))
-    large = _weight_bytes(model) > EXTERNAL_DATA_OVER
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "the model contains values out of fp16 range, clamped" and the like
-        half = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=large)
+        if fusion is None:
+            model = onnx.load(str(source))
+            half = convert_float_to_float16(model, keep_io_types=True,
+                                            disable_shape_infer=_weight_bytes(model) > EXTERNAL_DATA_OVER)
+            fused = {}
+        else:  # the optimizer's own conversion knows the shapes of the fused (contrib) operators
+            from onnxruntime.transformers import optimizer
+
+            optimized = optimizer.optimize_model(str(source), model_type="clip", num_heads=fusion[0],
+                                                 hidden_size=fusion[1], opt_level=0, use_gpu=True)
+            fused = {name: count for name, count in optimized.get_fused_operator_statistics().items() if count}
+            optimized.convert_float_to_float16(keep_io_types=True)
+            half = optimized.model
     save_graph(half, target)
     remove_graph(source)
+    return fused
 
 
 def save_graph(model: onnx.ModelProto, path: Path, external_over: int = EXTERNAL_DATA_OVER) -> None:
