@@ -47,8 +47,8 @@ class CLIPVision(torch.nn.Module):
 def load(folder: Path) -> CLIPModel:
     """The CLIPModel of ``folder`` in float32, eval mode (fp16 graphs are converted after export), with
     transformers' eager attention: the same arithmetic as SDPA, traced as the pattern ONNX Runtime's
-    transformer optimizer fuses into its attention kernel (an SDPA trace stays unfused: 0.64x PyTorch's
-    GPU speed on ViT-B/16 images instead of 1.00x, ``bench/encode_speed.py``)."""
+    transformer optimizer fuses into its attention kernel (an SDPA trace stays unfused: on an H100, ViT-B/16
+    fp16 image graphs ran at 0.63x PyTorch's speed instead of 0.99x, ``bench/encode_speed.py``)."""
     return CLIPModel.from_pretrained(folder, attn_implementation="eager").float().eval()
 
 
