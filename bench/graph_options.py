@@ -25,7 +25,7 @@ import time
 
 import faiss
 import numpy as np
-from index_speed import recall, synthesize
+from index_speed import best_of, recall, synthesize
 
 from gapcal.calibration import GapCalibrator
 from gapcal.data import load_coco500
@@ -37,17 +37,6 @@ MODALITIES = ("text", "image")
 OTHER = {"text": "image", "image": "text"}
 EF = (10, 16, 32, 64)
 S = 0.1  # the offset columns' stored value: small, so they barely shape the graph
-
-
-def per_query_ms(run, n_queries: int, repeats: int = 3) -> float:
-    best = min(_timed(run) for _ in range(repeats))
-    return best / n_queries * 1e3
-
-
-def _timed(run) -> float:
-    start = time.perf_counter()
-    run()
-    return time.perf_counter() - start
 
 
 class Joint:
@@ -145,7 +134,7 @@ def main() -> None:
     for ef in EF:
         params = faiss.SearchParametersHNSW(efSearch=ef)
         r = np.mean([recall(bare.search(q, K, params=params)[1], raw_truth[m]) for m, q in queries.items()])
-        bare_ms[ef] = per_query_ms(lambda: [bare.search(q, K, params=params) for q in queries.values()], nq)
+        bare_ms[ef] = best_of(3, lambda: [bare.search(q, K, params=params) for q in queries.values()]) / nq * 1e3
         print(f"  bare faiss                      efSearch {ef:3d}: recall {r:.3f} {bare_ms[ef]:.4f} ms")
 
     vectors = {m: cal.transform(raw[m], modality=m) for m in MODALITIES}
@@ -154,7 +143,7 @@ def main() -> None:
     def report(label, graph, candidates):
         for ef in EF:
             r = np.mean([recall(joint.search(graph, q, m, ef, candidates), truth[m].ids) for m, q in queries.items()])
-            ms = per_query_ms(lambda: [joint.search(graph, q, m, ef, candidates) for m, q in queries.items()], nq)
+            ms = best_of(3, lambda: [joint.search(graph, q, m, ef, candidates) for m, q in queries.items()]) / nq * 1e3
             print(f"  {label:31s} efSearch {ef:3d}: recall {r:.3f} {ms:.4f} ms = {ms / bare_ms[ef]:.2f}x bare "
                   f"at the same efSearch")
 
