@@ -1,9 +1,18 @@
 """MixedIndex versus bare faiss on the same vectors: build time, memory, search time, recall@10.
 
 Data: COCO-500 CLIP ViT-B/16 embeddings (bundled) expanded to N vectors per run, half captions and half
-images: each vector mixes two real vectors of its modality (weight 0.6-1 on the first) plus Gaussian
-noise (0.02 per coordinate) and is L2-normalised. Queries come from the same generator with other
-seeds (half each modality). The calibrator is fitted on the 500 real pairs.
+images, by one of two generators (``--data``); queries come from the same generator with other seeds
+(half each modality); the calibrator is fitted on the 500 real pairs.
+
+- ``mixtures`` (default): each vector mixes two real vectors of its modality (weight 0.6-1 on the first)
+  plus Gaussian noise (0.02 per coordinate), L2-normalised: 500 tight clusters per modality, easy for
+  same-modal search and hard for cross-modal search (the query's best items of the other modality sit
+  in a cluster, nearly tied).
+- ``gaussian``: pairs drawn from one Gaussian with the mean and covariance of the 500 real (text, image)
+  unit pairs, plus isotropic noise (NOISE in all), each side L2-normalised; items of a modality are one
+  side of independent draws. Continuous, with the real pairs' second moments (matched cosine ~0.29,
+  unrelated text-image ~0.15, text-text ~0.48): harder same-modal search, milder cross-modal penalty.
+Neither is real data at scale (none ships here); where the two disagree, so may real embeddings.
 
 "bare" is one faiss index (same factory string, inner product) over the raw vectors of both modalities;
 "mixed" is ``gapcal.MixedIndex`` over the same vectors, searching both modalities for every query with
@@ -20,6 +29,13 @@ calibrated one) and its batch time: bare faiss, MixedIndex with one setting for 
 MixedIndex with the settings ``MixedIndex.tune`` chose and stored (one efSearch per query and item
 modality, or one nprobe budget) from separate tuning queries. The "floor" line times both at the ladder's
 cheapest setting: where bare reaches a target there, the ratio at equal recall cannot fall below it.
+
+"bare cross-modal" is what faiss alone pays to find cross-modal results at all: a bare index of the same
+spec over ONE modality's raw vectors, searched with the other modality's raw queries (CLIP text-to-image
+search without gapcal), recall@10 against its own exact raw ranking. The bare row's top 10 are nearly all
+of the query's own modality (its "image share" line), so the bare row never pays for a cross-modal walk;
+a mixed search must. "bare + cross" adds the two (each at its cheapest setting reaching the target): the
+faiss-only cost of a same-modal and a cross-modal top 10, the reference for mixed search's own cost.
 
 Run: ``python bench/index_speed.py`` (about 15 minutes on 2 cores; ``--quick`` for a smaller run,
 ``--only ivf`` (or flat, hnsw) for one configuration).
@@ -40,8 +56,9 @@ from gapcal.stores.faiss import MixedIndex
 K = 10
 TARGETS = (0.90, 0.95, 0.99)
 LINK_QUERIES = 10_000
-LADDERS = {"efSearch": (10, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512),
-           "nprobe": (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)}
+NOISE = 0.3
+LADDERS = {"efSearch": (10, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048),
+           "nprobe": (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)}
 
 
 def synthesize(base: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -56,6 +73,32 @@ def synthesize(base: np.ndarray, n: int, seed: int) -> np.ndarray:
         x += rng.normal(0.0, 0.02, x.shape).astype(np.float32)
         out[start:start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
     return out
+
+
+def joint_gaussian(text: np.ndarray, image: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n (text, image) unit pairs from the Gaussian of the real unit pairs' mean and covariance, plus
+    isotropic noise of total norm NOISE (500 pairs span 499 directions; the noise fills the rest)."""
+    rng = np.random.default_rng(seed)
+    pairs = np.hstack([text / np.linalg.norm(text, axis=1, keepdims=True),
+                       image / np.linalg.norm(image, axis=1, keepdims=True)])
+    mean, centred = pairs.mean(axis=0), pairs - pairs.mean(axis=0)
+    d = text.shape[1]
+    out = np.empty((2, n, d), dtype=np.float32)
+    for start in range(0, n, 100_000):
+        m = min(100_000, n - start)
+        x = mean + (rng.standard_normal((m, len(pairs))) / np.sqrt(len(pairs))) @ centred
+        x += rng.normal(0.0, NOISE / np.sqrt(d), x.shape)
+        for side in range(2):
+            v = x[:, side * d:(side + 1) * d]
+            out[side, start:start + m] = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return out[0], out[1]
+
+
+def generate(data: str, text: np.ndarray, image: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n texts and n images of the ``--data`` generator (for gaussian: sides of independent draws)."""
+    if data == "mixtures":
+        return synthesize(text, n, seed), synthesize(image, n, seed + 1)
+    return joint_gaussian(text, image, n, seed)[0], joint_gaussian(text, image, n, seed + 1)[1]
 
 
 def serialized_bytes(index) -> int:
@@ -148,19 +191,40 @@ def bench(spec, n, cal, text_items, image_items, queries, settings, train_points
                                           for i in range(singles)])
     in_faiss = faiss_time(mixed, lambda: [mixed.search(q_text[i:i + 1], K, params=settings[0], query_modality="text")
                                           for i in range(singles)], repeats)
-    equal = None
+    equal, cross_one = None, None
     if spec != "Flat":
-        equal = equal_recall(bare, mixed, queries, tuning, raw_truth, cal_truth, repeats,
+        cross = cross_modal(spec, {"text": text_items, "image": image_items}, queries, train_points, rng)
+        image_only = cross[0]["image"]
+        for name, value in (settings[0] or {}).items():
+            faiss.ParameterSpace().set_index_parameter(image_only, name, value)
+        cross_one = best_of(repeats, lambda: [image_only.search(q_text[i:i + 1], K) for i in range(singles)]) / singles
+        equal = equal_recall(bare, mixed, queries, tuning, raw_truth, cal_truth, repeats, cross,
                              (text_items, image_items) if spec.startswith("HNSW") else None)
     return {"spec": spec, "n": n, "build": (bare_build, mixed_build), "memory": memory, "runs": runs,
-            "single": (bare_one / singles, mixed_one / singles, singles, settings[0]),
+            "single": (bare_one / singles, mixed_one / singles, singles, settings[0]), "cross_one": cross_one,
             "overhead": (in_faiss[1] - in_faiss[0]) / singles, "equal": equal}
 
 
-def equal_recall(bare, mixed, queries, tuning, raw_truth, cal_truth, repeats, link_items=None):
-    """Per recall target: the cheapest ladder setting reaching it for bare and for mixed with one setting,
-    and mixed with tuned, stored settings: (setting, ms/query, recall) each; for HNSW also after
-    ``MixedIndex.link`` with up to LINK_QUERIES stored items of each modality as sample queries."""
+def cross_modal(spec, items, queries, train_points, rng):
+    """Bare faiss indexes of ``spec`` over each modality's raw vectors, with the exact raw top K of the
+    other modality's queries in them: (indexes, truth), keyed by item modality."""
+    indexes, truth = {}, {}
+    for m, q in zip(("image", "text"), queries):  # text queries search the image index, and back
+        index = faiss.index_factory(items[m].shape[1], spec, faiss.METRIC_INNER_PRODUCT)
+        if not index.is_trained:
+            index.train(items[m][rng.choice(len(items[m]), min(len(items[m]), train_points // 2), replace=False)])
+        index.add(items[m])
+        exact = faiss.IndexFlatIP(items[m].shape[1])
+        exact.add(items[m])
+        indexes[m], truth[m] = index, exact.search(q, K)[1]
+    return indexes, truth
+
+
+def equal_recall(bare, mixed, queries, tuning, raw_truth, cal_truth, repeats, cross, link_items=None):
+    """Per recall target: the cheapest ladder setting reaching it for bare, for bare cross-modal walks
+    (``cross``: see ``cross_modal``), for mixed with one setting and mixed with tuned, stored settings:
+    (setting, ms/query, recall) each; for HNSW also after ``MixedIndex.link`` with up to LINK_QUERIES
+    stored items of each modality as sample queries."""
     name = "nprobe" if "IVF" in mixed.spec else "efSearch"
     q_text, q_image = queries
     nq = len(q_text) + len(q_image)
@@ -173,6 +237,13 @@ def equal_recall(bare, mixed, queries, tuning, raw_truth, cal_truth, repeats, li
     def bare_at(value):
         faiss.ParameterSpace().set_index_parameter(bare, name, value)
         return measured(lambda: (bare.search(q_text, K)[1], bare.search(q_image, K)[1]), raw_truth)
+
+    def cross_at(value):
+        indexes, truth = cross
+        for index in indexes.values():
+            faiss.ParameterSpace().set_index_parameter(index, name, value)
+        return measured(lambda: (indexes["image"].search(q_text, K)[1], indexes["text"].search(q_image, K)[1]),
+                        (truth["image"], truth["text"]))
 
     def mixed_at(params):
         return measured(lambda: (mixed.search(q_text, K, query_modality="text", params=params).ids,
@@ -201,7 +272,8 @@ def equal_recall(bare, mixed, queries, tuning, raw_truth, cal_truth, repeats, li
 
     lowest = LADDERS[name][0]
     rows = {"floor": (lowest, bare_at(lowest), mixed_at({name: lowest})),
-            "bare": cheapest(bare_at), "uniform": cheapest(lambda v: mixed_at({name: v})), "tuned": tuned()}
+            "bare": cheapest(bare_at), "cross": cheapest(cross_at), "uniform": cheapest(lambda v: mixed_at({name: v})),
+            "tuned": tuned()}
     if link_items is not None:
         rng = np.random.default_rng(2)
         start = time.perf_counter()
@@ -266,11 +338,9 @@ def _x(mixed, bare) -> str:
 
 
 def _tuned(defaults, name) -> str:
-    """Stored settings compactly: text->text/text->image and image->text/image->image."""
-    if name == "nprobe":
-        return "nprobe=" + "/".join(str(defaults[q]["text"]["nprobe"]) for q in ("text", "image"))
-    return "efSearch=" + ", ".join(f"{q[0]}->{m[0]} {defaults[q][m]['efSearch']}" for q in ("text", "image")
-                                   for m in ("text", "image"))
+    """Stored settings compactly: text->text, text->image, image->text, image->image."""
+    return f"{name}=" + ", ".join(f"{q[0]}->{m[0]} {defaults[q][m][name]}" for q in ("text", "image")
+                                  for m in ("text", "image"))
 
 
 def _setting(params) -> str:
@@ -291,21 +361,27 @@ def report(r) -> None:
     print(_ratio_line(f"search{_setting(params)}, one query at a time (ms)", bare_one * 1e3, mixed_one * 1e3, 4)
           + f"  [{singles} text queries]")
     print(f"      of which outside the faiss calls it makes: {r['overhead'] * 1e3:.4f} ms per query (target <= 0.05)")
+    if r["cross_one"] is not None:
+        both = bare_one + r["cross_one"]
+        print(f"      bare cross-modal walk alone (text query, image-only index, same setting) {r['cross_one'] * 1e3:.4f} ms; "
+              f"bare + cross {both * 1e3:.4f} ms: mixed is {mixed_one / both:.2f}x that")
     if r["equal"]:
         name, rows = r["equal"]
         print(f"  equal recall@10 (mean of text and image queries), batch ms/query, cheapest {name} reaching it:")
         for t in TARGETS:
             bare_v, bare_ms, bare_r = rows["bare"][t]
-            line = f"    {t:.2f}: bare {name}={bare_v} {_ms(bare_ms)} (recall {bare_r:.3f})"
-            uni_v, uni_ms, uni_r = rows["uniform"][t]
-            line += f" | mixed, one {name}={uni_v} {_ms(uni_ms)} (recall {uni_r:.3f}) {_x(uni_ms, bare_ms)}"
-            tuned, tuned_ms, tuned_r = rows["tuned"][t]
-            line += f" | mixed, tuned {_tuned(tuned, name)} {_ms(tuned_ms)} (recall {tuned_r:.3f}) {_x(tuned_ms, bare_ms)}"
+            cross_v, cross_ms, cross_r = rows["cross"][t]
+            both = None if bare_ms is None or cross_ms is None else bare_ms + cross_ms
+            print(f"    {t:.2f}: bare {name}={bare_v} {_ms(bare_ms)} (recall {bare_r:.3f}) | bare cross-modal "
+                  f"{name}={cross_v} {_ms(cross_ms)} (recall {cross_r:.3f}) {_x(cross_ms, bare_ms)} | bare + cross "
+                  f"{_ms(both)}")
+            mixed_rows = [("one " + name + "=" + str(rows["uniform"][t][0]), rows["uniform"][t]),
+                          ("tuned " + _tuned(rows["tuned"][t][0], name), rows["tuned"][t])]
             if "linked" in rows:
-                tuned, tuned_ms, tuned_r = rows["linked"][t]
-                line += (f" | mixed, linked + tuned {_tuned(tuned, name)} {_ms(tuned_ms)} (recall {tuned_r:.3f}) "
-                         f"{_x(tuned_ms, bare_ms)}")
-            print(line)
+                mixed_rows.append(("linked + tuned " + _tuned(rows["linked"][t][0], name), rows["linked"][t]))
+            for label, (_, ms, r) in mixed_rows:
+                print(f"          mixed, {label} {_ms(ms)} (recall {r:.3f}) {_x(ms, bare_ms)}"
+                      + ("" if ms is None or both is None else f", {ms / both:.2f}x bare + cross"))
         lowest, (bare_ms, bare_r), (mixed_ms, mixed_r) = rows["floor"]
         print(f"    floor: at the ladder's cheapest setting, {name}={lowest}, mixed costs {mixed_ms / bare_ms:.2f}x bare "
               f"({_ms(mixed_ms)} vs {_ms(bare_ms)}; recall {mixed_r:.3f} vs {bare_r:.3f}): no mixed setting costs less")
@@ -322,6 +398,8 @@ def main(argv=None) -> None:
     parser.add_argument("--queries", type=int, default=1000, help="queries, half of each modality")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="100k vectors, 50k for HNSW, IVF1024")
+    parser.add_argument("--data", choices=["mixtures", "gaussian"], default="mixtures",
+                        help="vector generator (see the module docstring; default mixtures)")
     parser.add_argument("--only", choices=["flat", "hnsw", "ivf"], action="append",
                         help="run only this configuration (repeatable; default: all three)")
     args = parser.parse_args(argv)
@@ -335,9 +413,10 @@ def main(argv=None) -> None:
     print(f"queries: {args.queries} ({args.queries // 2} per modality); timings: best of {args.repeats} "
           "interleaved runs")
     big = max(n, hnsw_n) // 2
-    text_items, image_items = synthesize(text, big, 10), synthesize(image, big, 11)
-    queries = synthesize(text, args.queries // 2, 20), synthesize(image, args.queries // 2, 21)
-    tuning = synthesize(text, 300, 30), synthesize(image, 300, 31)  # other queries than the measured ones
+    print(f"data: {args.data} (see the module docstring)")
+    text_items, image_items = generate(args.data, text, image, big, 10)
+    queries = generate(args.data, text, image, args.queries // 2, 20)
+    tuning = generate(args.data, text, image, 300, 30)  # other queries than the measured ones
     runs = [("Flat", n, [None], 0, 20),
             ("HNSW32", hnsw_n, [{"efSearch": 64}, {"efSearch": 16}, {"efSearch": 256}], 0, 200),
             (ivf, n, [{"nprobe": 16}, {"nprobe": 64}], 100_000, 200)]
