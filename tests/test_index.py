@@ -211,6 +211,28 @@ def test_ivf_scans_nprobe_lists_in_total_like_bare_faiss(cal, coco):
         assert stats.nlist == 50 * min(nprobe, 16 if item_modality is None else 8)
 
 
+def test_ivf_stored_settings_give_each_modality_its_own_lists(cal, coco):
+    """Stored nprobe per item modality: each scans its own best lists, as a search of that modality alone does;
+    params still share one budget out."""
+    text, _ = coco
+    index = ivf_index(cal, coco)
+    index.set_search_defaults({"text": {"text": {"nprobe": 2}, "image": {"nprobe": 5}}})
+    stats = faiss.cvar.indexIVF_stats
+    stats.reset()
+    result = index.search(text[:50], k=10, query_modality="text")
+    assert stats.nlist == 50 * (2 + 5)
+    alone = [index.search(text[:50], k=10, query_modality="text", item_modality=m, params={"nprobe": n})
+             for m, n in (("text", 2), ("image", 5))]
+    order = np.argsort(-np.hstack([a.scores for a in alone]), axis=1, kind="stable")[:, :10]
+    np.testing.assert_array_equal(result.ids, np.take_along_axis(np.hstack([a.ids for a in alone]), order, 1))
+    stats.reset()
+    index.search(text[:50], k=10, query_modality="text", params={"nprobe": 3})
+    assert stats.nlist == 50 * 3
+    stats.reset()
+    index.search(text[:50], k=10, query_modality="image")  # nothing stored for image queries: faiss's nprobe (1)
+    assert stats.nlist == 50 * 1
+
+
 def test_ivf_shares_the_budget_better_than_an_even_split(cal, coco):
     """Lists ranked across modalities by calibrated reach beat probing nprobe/2 of each modality's lists."""
     text, image = coco

@@ -113,7 +113,7 @@ class FaissBackend:
 
 class PerModality(FaissBackend):
     """One faiss index per item modality holding calibrated item vectors; IVF ones share one ``nprobe``
-    budget (their lists are ranked together by calibrated reach)."""
+    budget per call (their lists are ranked together by calibrated reach) or scan their own stored numbers."""
 
     layout = "per-modality"
 
@@ -241,35 +241,46 @@ class PerModality(FaissBackend):
         return parts
 
     def _search_lists(self, trained, query_modality, k, settings):
-        """IVF: rank the lists of every target modality by calibrated reach, scan the best ``nprobe`` in all."""
-        defaults = self.defaults.get(query_modality, {})
-        stored = [defaults[m]["nprobe"] for m, _ in trained if "nprobe" in defaults.get(m, {})]
-        budget = int(settings.get("nprobe", max(stored or [self.lists[m][0].nprobe for m, _ in trained])))
+        """IVF. One ``nprobe`` for the call (``settings``, else faiss's own where nothing is stored): the lists of
+        every target modality are ranked together by calibrated reach and the best ``nprobe`` in all are
+        scanned. Stored settings (``tune``) give each modality its own number of lists, its best by centroid."""
+        stored = {m: self.defaults.get(query_modality, {}).get(m, {}).get("nprobe") for m, _ in trained}
+        shared = "nprobe" in settings or all(v is None for v in stored.values())
+        if shared:
+            budget = int(settings.get("nprobe", max(self.lists[m][0].nprobe for m, _ in trained)))
         probes = []
         for m, u in trained:
             ivf, chain = self.lists[m]
             u = plumbing.before_lists(chain, self._padded(u))
-            score_map = self._maps.get((query_modality, m))
-            if score_map is None:
-                score_map = self._maps[query_modality, m] = self.cal.score_map(query_modality=query_modality,
-                                                                              item_modality=m)
-            centroid_scores, lists = ivf.quantizer.search(u, min(budget, ivf.nlist))
-            optimism = np.float32(plumbing.LIST_OPTIMISM * math.sqrt((self.spread[m] or 0.0) / ivf.d))
-            reach = score_map(centroid_scores + (optimism * np.sqrt(np.einsum("ij,ij->i", u, u)))[:, None])
-            reach[lists < 0] = -np.inf
-            probes.append((m, u, centroid_scores, lists, reach))
-        if len(probes) > 1 and sum(p[3].shape[1] for p in probes) > budget:
+            wanted = budget if shared else (stored[m] or ivf.nprobe)
+            centroid_scores, lists = ivf.quantizer.search(u, min(wanted, ivf.nlist))
+            probes.append((m, u, centroid_scores, lists))
+        if shared and len(probes) > 1 and sum(p[3].shape[1] for p in probes) > budget:
             # one budget for both modalities: keep each query's best lists overall (ties: the first)
+            reach = np.concatenate([self._reach(query_modality, *p) for p in probes], axis=1)
             lists = np.concatenate([p[3] for p in probes], axis=1)
-            beyond = np.argsort(-np.concatenate([p[4] for p in probes], axis=1), axis=1, kind="stable")[:, budget:]
+            beyond = np.argsort(-reach, axis=1, kind="stable")[:, budget:]
             lists[np.arange(len(lists))[:, None], beyond] = -1
             width = probes[0][3].shape[1]
             probes = [probes[0][:3] + (lists[:, :width],), probes[1][:3] + (lists[:, width:],)]
         parts = []
-        for m, u, centroid_scores, lists, *_ in probes:
+        for m, u, centroid_scores, lists in probes:
             hidden = self._hidden_sel[m]
             parts.append(plumbing.search_lists(self.lists[m][0], u, k, lists, centroid_scores, hidden and hidden[0]))
         return parts
+
+    def _reach(self, query_modality, modality, u, centroid_scores, lists):
+        """Calibrated score a list's best item may reach: its centroid's score plus the modality's typical
+        distance from a centroid, mapped by the pair type's score map (lists of -1: -inf)."""
+        score_map = self._maps.get((query_modality, modality))
+        if score_map is None:
+            score_map = self._maps[query_modality, modality] = self.cal.score_map(query_modality=query_modality,
+                                                                                 item_modality=modality)
+        ivf = self.lists[modality][0]
+        optimism = np.float32(plumbing.LIST_OPTIMISM * math.sqrt((self.spread[modality] or 0.0) / ivf.d))
+        reach = score_map(centroid_scores + (optimism * np.sqrt(np.einsum("ij,ij->i", u, u)))[:, None])
+        reach[lists < 0] = -np.inf
+        return reach
 
     # ------------------------------------------------------------------ persistence
     def indexes(self) -> dict:

@@ -48,7 +48,9 @@ class MixedIndex(CalibratedStore):
     calibrated reach (the pair type's score map of the centroid's inner product plus ``LIST_OPTIMISM``
     times the modality's spread of items around their centroid along the query) and scans its best
     ``nprobe`` lists, so it compares as many centroids and scans as many items as a bare IVF of the same
-    spec. A template IVF that is already trained keeps its nlist in each modality.
+    spec. Settings stored by ``tune`` instead give each modality its own nprobe (its best lists by centroid),
+    as they give each HNSW walk its own efSearch. A template IVF that is already trained keeps its nlist in
+    each modality.
 
     Thread safety: searches run concurrently; ``add``, ``remove`` and ``train`` wait for running
     searches and block new ones while they change the index.
@@ -240,7 +242,7 @@ class MixedIndex(CalibratedStore):
             backend.defaults = checked
 
     def tune(self, queries, *, query_modality, target_recall=0.95, k=10, exclude_ids=None) -> dict:
-        """Choose and store the cheapest efSearch (per item modality) or nprobe whose recall@k against exact
+        """Choose and store the cheapest efSearch or nprobe per item modality whose recall@k against exact
         calibrated search reaches ``target_recall`` for these sample queries (raw embeddings of
         ``query_modality``) by one standard error of its mean, so that other queries like them reach it too.
         ``exclude_ids``: one id per query (-1: none) not to count, for queries that are themselves stored

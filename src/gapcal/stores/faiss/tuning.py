@@ -6,10 +6,14 @@ whose sample mean just clears the target is, on other queries, more often below 
 ``bench/index_speed.py``, HNSW32 200k: 0.938 on other queries for settings that gave 0.95 on the tuning
 ones; with one standard error of margin the quick run's 0.95 target measured 0.957, with two 0.969).
 
-HNSW gets one efSearch per (query modality, item modality): a cross-modal walk (a text query in the image
-graph) is out of distribution and needs a wider beam than a same-modal one, so one shared efSearch would
-overpay on the easy walk.
-IVF gets one nprobe budget per query modality, shared by both modalities' lists as at search time.
+Settings are per (query modality, item modality): a cross-modal search (a text query in the image graph or
+among the image lists) is out of distribution and needs a wider beam or more lists than a same-modal one,
+so one shared setting would overpay on the easy side. Starting from the cheapest, the side that misses
+most of the merged top k is widened until the merged list reaches the target. HNSW gets an efSearch per
+walk; IVF an nprobe per modality (each scans its own best lists; a search with one ``nprobe`` in ``params``
+shares it out between the modalities instead): where most of a query's top k are of the other modality,
+one shared budget, ranked by estimated reach, spends lists on the wrong side (``bench/index_speed.py --data
+gaussian``).
 """
 
 from __future__ import annotations
@@ -83,36 +87,36 @@ def tune(mixed, queries, *, query_modality: str, target_recall: float, k: int, e
         return {**report, "settings": {}, "recall": 1.0, "standard_error": 0.0, "reached": True,
                 "note": "exact search: nothing to tune"}
     wide = k + 1  # one more, for the excluded query itself
-    if "ivf" in backend.structures:
-        total = sum(backend.lists[m][0].nlist for m in targets)
-        truth = mixed.search(queries, wide, query_modality=query_modality, params={"nprobe": total}).ids
-        truth = _drop(truth, exclude, k)
-        budget, recall = total, (1.0, 0.0)
-        for nprobe in [n for n in NPROBE_LADDER if n < total] + [total]:
-            found = mixed.search(queries, wide, query_modality=query_modality, params={"nprobe": nprobe}).ids
-            recall = recall_at_k(_drop(found, exclude, k), truth)
-            if _clears(recall, target_recall):
-                budget = nprobe
-                break
-        chosen = {m: {"nprobe": int(budget)} for m in targets}
+    plan = mixed.calibrator.plan_queries(queries, query_modality=query_modality, item_modalities=targets)
+    if "ivf" in backend.structures:  # each modality's own number of lists, its best by centroid
+        name = "nprobe"
+        ladders = {m: [n for n in NPROBE_LADDER if n < backend.lists[m][0].nlist] + [backend.lists[m][0].nlist]
+                   for m in targets}
+
+        def walk(m, u, value):
+            return backend._search_lists([(m, u)], query_modality, wide, {"nprobe": value})[0]
+        exact = [walk(m, u, ladders[m][-1]) for m, u in zip(targets, plan.vectors)]  # every list: exact
     else:
-        plan = mixed.calibrator.plan_queries(queries, query_modality=query_modality, item_modalities=targets)
+        name = "efSearch"
+        ladders = {m: EF_LADDER for m in targets}
+
+        def walk(m, u, value):
+            return backend._search_each([(m, u)], query_modality, wide, {"efSearch": value})[0]
         exact = [_exact_one(backend, m, u, wide) for m, u in zip(targets, plan.vectors)]
-        parts = [(score_map(s), i) for score_map, (s, i) in zip(plan.maps, exact)]
-        truth = _drop(merge_ranked(targets, parts, wide)[2], exclude, k)
-        rung = {m: 0 for m in targets}
-        while True:  # widen the walk that misses most of the merged top k until the merged list reaches the target
-            chosen = {m: {"efSearch": EF_LADDER[rung[m]]} for m in targets}
-            found = [backend._search_each([(m, u)], query_modality, wide, chosen[m])[0]
-                     for m, u in zip(targets, plan.vectors)]
-            merged = merge_ranked(targets, [(f(s), i) for f, (s, i) in zip(plan.maps, found)], wide)[2]
-            merged = _drop(merged, exclude, k)
-            recall = recall_at_k(merged, truth)
-            raisable = [m for m in targets if rung[m] + 1 < len(EF_LADDER)]
-            if _clears(recall, target_recall) or not raisable:
-                break
-            lost = (truth >= 0) & ~(truth[:, :, None] == merged[:, None, :]).any(axis=2)  # per query, per true item
-            missed = {m: int((lost & np.isin(truth, backend.live[m])).sum()) for m in raisable}
-            rung[max(missed, key=missed.get)] += 1
+    parts = [(score_map(s), i) for score_map, (s, i) in zip(plan.maps, exact)]
+    truth = _drop(merge_ranked(targets, parts, wide)[2], exclude, k)
+    rung = {m: 0 for m in targets}
+    while True:  # widen the search that misses most of the merged top k until the merged list reaches the target
+        chosen = {m: {name: ladders[m][rung[m]]} for m in targets}
+        found = [walk(m, u, chosen[m][name]) for m, u in zip(targets, plan.vectors)]
+        merged = merge_ranked(targets, [(f(s), i) for f, (s, i) in zip(plan.maps, found)], wide)[2]
+        merged = _drop(merged, exclude, k)
+        recall = recall_at_k(merged, truth)
+        raisable = [m for m in targets if rung[m] + 1 < len(ladders[m])]
+        if _clears(recall, target_recall) or not raisable:
+            break
+        lost = (truth >= 0) & ~(truth[:, :, None] == merged[:, None, :]).any(axis=2)  # per query, per true item
+        missed = {m: int((lost & np.isin(truth, backend.live[m])).sum()) for m in raisable}
+        rung[max(missed, key=missed.get)] += 1
     return {**report, "settings": chosen, "recall": round(recall[0], 4), "standard_error": round(recall[1], 4),
             "reached": _clears(recall, target_recall)}
