@@ -26,8 +26,8 @@ for mixed because its top 10 spans both modalities' lists while a raw top 10 sit
 Equal recall (HNSW, IVF): for recall@10 targets 0.90 / 0.95 / 0.99, the cheapest setting of a ladder that
 reaches the target (mean of both query modalities; bare against the raw ranking, mixed against the
 calibrated one) and its batch time: bare faiss, MixedIndex with one setting for both walks (``params``), and
-MixedIndex with the settings ``MixedIndex.tune`` chose and stored (one efSearch per query and item
-modality, or one nprobe budget) from separate tuning queries. The "floor" line times both at the ladder's
+MixedIndex with the settings ``MixedIndex.tune`` chose and stored (one efSearch or nprobe per query and
+item modality) from separate tuning queries. The "floor" line times both at the ladder's
 cheapest setting: where bare reaches a target there, the ratio at equal recall cannot fall below it.
 
 "bare cross-modal" is what faiss alone pays to find cross-modal results at all: a bare index of the same
@@ -338,9 +338,10 @@ def _x(mixed, bare) -> str:
 
 
 def _tuned(defaults, name) -> str:
-    """Stored settings compactly: text->text, text->image, image->text, image->image."""
-    return f"{name}=" + ", ".join(f"{q[0]}->{m[0]} {defaults[q][m][name]}" for q in ("text", "image")
-                                  for m in ("text", "image"))
+    """Stored settings compactly: text->text, text->image, image->text, image->image (or one shared)."""
+    return f"{name}=" + ", ".join(f"{q[0]}->shared {defaults[q]['shared'][name]}" if "shared" in defaults[q] else
+                                  ", ".join(f"{q[0]}->{m[0]} {defaults[q][m][name]}" for m in ("text", "image"))
+                                  for q in ("text", "image"))
 
 
 def _setting(params) -> str:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from gapcal.stores.faiss import MixedIndex
+from gapcal.stores.faiss.tuning import NPROBE_LADDER, _clears, recall_at_k
 
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
@@ -53,7 +54,7 @@ def test_tuned_settings_reach_the_target_and_survive_save_and_load(cal, coco, co
         report = index.tune(q, query_modality=qm, target_recall=0.95)
         assert report["reached"] and report["query_modality"] == qm
         assert report["recall"] - report["standard_error"] >= 0.95 and 0 < report["standard_error"] < 0.02
-        assert set(report["settings"]) == {"text", "image"}
+        assert set(report["settings"]) in ({"text", "image"}, {"shared"})
         found = index.search(q, 10, query_modality=qm).ids  # no params: the stored settings
         assert recall(found, exact_top(cal, q, qm, corpus, 10)) >= 0.95
     defaults = index.search_defaults
@@ -61,6 +62,9 @@ def test_tuned_settings_reach_the_target_and_survive_save_and_load(cal, coco, co
     if setting == "efSearch":  # the out-of-distribution walk needs the wider beam
         assert defaults["text"]["image"]["efSearch"] >= defaults["text"]["text"]["efSearch"]
         assert defaults["image"]["text"]["efSearch"] >= defaults["image"]["image"]["efSearch"]
+    else:  # lists of each modality (IVF64: 32 each), or one budget for all 64
+        assert all(1 <= s["nprobe"] <= (64 if m == "shared" else 32) for per in defaults.values()
+                   for m, s in per.items())
     index.save(tmp_path / "idx")
     loaded = MixedIndex.load(tmp_path / "idx")
     assert loaded.search_defaults == defaults
@@ -121,6 +125,9 @@ def test_search_defaults_are_validated(cal, coco):
         ({"text": {"image": {"nprobe": 4}}}, ValueError, r"params\['nprobe'\] applies to IVF indexes"),
         ({"text": {"image": {"efSearch": 0}}}, ValueError, r"params\['efSearch'\] must be a positive integer"),
         ({"text": [1]}, TypeError, r"search defaults\['text'\] must map item modalities to settings"),
+        ({"text": {"shared": {"efSearch": 8}, "image": {"efSearch": 8}}}, ValueError,
+         r"search defaults\['text'\] must hold either 'shared' \(one setting for both modalities\) or item "
+         r"modalities, got \['shared', 'image'\]"),
         ([1], TypeError, "search defaults must be a dict"),
     ]:
         with pytest.raises(error, match=message):
@@ -128,6 +135,46 @@ def test_search_defaults_are_validated(cal, coco):
         assert index.search_defaults == {"text": {"image": {"efSearch": 40}}}  # unchanged
     index.set_search_defaults(None)
     assert index.search_defaults == {}
+
+
+@pytest.mark.parametrize("spec, setting", [("HNSW16", {"efSearch": 40}), ("IVF64,Flat", {"nprobe": 5})])
+def test_a_stored_shared_setting_searches_as_params_do(cal, coco, corpus, spec, setting):
+    index = filled(cal, spec, corpus)
+    q = coco[0][:100]
+    index.set_search_defaults({"text": {"shared": setting}})
+    np.testing.assert_array_equal(index.search(q, 10, query_modality="text").ids,
+                                  index.search(q, 10, query_modality="text", params=setting).ids)
+
+
+def test_ivf_tune_keeps_the_cheaper_of_one_shared_budget_and_lists_per_modality(cal, coco, corpus):
+    """The stored setting scans no more lists than the least shared nprobe reaching the target (found here
+    through the public API); both modalities have 4000 items in 32 lists, so lists count items alike."""
+    index = filled(cal, "IVF64,Flat", corpus)
+    for qm, q in (("text", coco[0][:200]), ("image", coco[1][:200])):
+        report = index.tune(q, query_modality=qm, target_recall=0.95)
+        truth = exact_top(cal, q, qm, corpus, 10)
+        least = next(n for n in NPROBE_LADDER
+                     if _clears(recall_at_k(index.search(q, 10, query_modality=qm, params={"nprobe": n}).ids, truth),
+                                0.95))
+        chosen = report["settings"]
+        if "shared" in chosen:
+            assert chosen == {"shared": {"nprobe": least}}
+        else:
+            assert chosen["text"]["nprobe"] + chosen["image"]["nprobe"] <= least
+        assert report["reached"]
+
+
+def test_ivf_tune_with_one_modality_stored_keeps_the_shared_budget(cal, coco, corpus):
+    """Both families then scan the same lists; a tie keeps the shared budget, which params also give."""
+    index = MixedIndex(cal, "IVF64,Flat")
+    index.train(corpus[1], modality="image")
+    index.add(corpus[1], modality="image", ids=np.arange(len(corpus[1])))
+    q = coco[0][:200]
+    report = index.tune(q, query_modality="text", target_recall=0.95)
+    assert set(report["settings"]) == {"shared"} and report["reached"]
+    budget = report["settings"]["shared"]
+    np.testing.assert_array_equal(index.search(q, 10, query_modality="text").ids,
+                                  index.search(q, 10, query_modality="text", params=budget).ids)
 
 
 def test_a_wrapped_index_has_no_stored_settings(cal, coco):

@@ -17,6 +17,7 @@ from . import plumbing
 
 _CHUNK = 65536
 SEARCH_SETTINGS = plumbing.SEARCH_SETTINGS
+SHARED = "shared"  # stored-settings key: one setting for both item modalities, as ``params`` gives it
 
 
 class FaissBackend:
@@ -190,7 +191,9 @@ class PerModality(FaissBackend):
         self._params = {key: value for key, value in self._params.items() if key[0] != modality}
 
     def check_defaults(self, defaults) -> dict:
-        """Stored search settings: ``{query modality: {item modality: settings}}``, each checked like ``params``."""
+        """Stored search settings: ``{query modality: {item modality: settings}}``, each checked like ``params``;
+        ``{query modality: {"shared": settings}}`` applies one setting as ``params`` does (IVF: one nprobe
+        budget shared out between the modalities' lists)."""
         if not defaults:
             return {}
         if not isinstance(defaults, dict):
@@ -202,7 +205,11 @@ class PerModality(FaissBackend):
             if not isinstance(per_item, dict):
                 raise TypeError(f"search defaults[{query_modality!r}] must map item modalities to settings, got "
                                 f"{type(per_item).__name__}")
-            out[query_modality] = {check_modality("an item modality of the search defaults", m):
+            keys = list(per_item)
+            if SHARED in keys and len(keys) > 1:
+                raise ValueError(f"search defaults[{query_modality!r}] must hold either {SHARED!r} (one setting for "
+                                 f"both modalities) or item modalities, got {keys}")
+            out[query_modality] = {m if m == SHARED else check_modality("an item modality of the search defaults", m):
                                    self.search_settings(settings) for m, settings in per_item.items()}
         return out
 
@@ -235,19 +242,21 @@ class PerModality(FaissBackend):
         defaults = self.defaults.get(query_modality, {})
         parts = []
         for m, u in trained:
-            params, keep = self._search_params(m, settings or defaults.get(m, {}))
+            params, keep = self._search_params(m, settings or defaults.get(m) or defaults.get(SHARED, {}))
             parts.append(self.subs[m].search(self._padded(u), k, params=params))
             del keep
         return parts
 
     def _search_lists(self, trained, query_modality, k, settings):
-        """IVF. One ``nprobe`` for the call (``settings``, else faiss's own where nothing is stored): the lists of
+        """IVF. One ``nprobe`` for the call (``settings``, a stored shared one, else faiss's own): the lists of
         every target modality are ranked together by calibrated reach and the best ``nprobe`` in all are
-        scanned. Stored settings (``tune``) give each modality its own number of lists, its best by centroid."""
-        stored = {m: self.defaults.get(query_modality, {}).get(m, {}).get("nprobe") for m, _ in trained}
+        scanned. Stored per-modality settings give each modality its own number of lists, its best by centroid."""
+        defaults = self.defaults.get(query_modality, {})
+        stored = {m: defaults.get(m, {}).get("nprobe") for m, _ in trained}
         shared = "nprobe" in settings or all(v is None for v in stored.values())
         if shared:
-            budget = int(settings.get("nprobe", max(self.lists[m][0].nprobe for m, _ in trained)))
+            fallback = defaults.get(SHARED, {}).get("nprobe") or max(self.lists[m][0].nprobe for m, _ in trained)
+            budget = int(settings.get("nprobe", fallback))
         probes = []
         for m, u in trained:
             ivf, chain = self.lists[m]

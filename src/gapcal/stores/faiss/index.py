@@ -48,8 +48,8 @@ class MixedIndex(CalibratedStore):
     calibrated reach (the pair type's score map of the centroid's inner product plus ``LIST_OPTIMISM``
     times the modality's spread of items around their centroid along the query) and scans its best
     ``nprobe`` lists, so it compares as many centroids and scans as many items as a bare IVF of the same
-    spec. Settings stored by ``tune`` instead give each modality its own nprobe (its best lists by centroid),
-    as they give each HNSW walk its own efSearch. A template IVF that is already trained keeps its nlist in
+    spec. Settings stored by ``tune`` may instead give each modality its own nprobe (its best lists by
+    centroid), as they give each HNSW walk its own efSearch. A template IVF that is already trained keeps its nlist in
     each modality.
 
     Thread safety: searches run concurrently; ``add``, ``remove`` and ``train`` wait for running
@@ -230,8 +230,10 @@ class MixedIndex(CalibratedStore):
     # ------------------------------------------------------------------ search settings
     @property
     def search_defaults(self) -> dict:
-        """Settings a search without ``params`` uses: ``{query modality: {item modality: {"efSearch": 96}}}``
-        (``tune`` chooses them; saved with the index). Empty: faiss's own settings."""
+        """Settings a search without ``params`` uses: ``{query modality: {item modality: {"efSearch": 96}}}``, or
+        ``{query modality: {"shared": {"nprobe": 16}}}`` for one setting applied as ``params`` applies it (IVF:
+        one budget shared out between the modalities). ``tune`` chooses them; saved with the index. Empty:
+        faiss's own settings."""
         return {q: {m: dict(v) for m, v in per.items()} for q, per in getattr(self._backend, "defaults", {}).items()}
 
     def set_search_defaults(self, defaults) -> None:
@@ -242,9 +244,10 @@ class MixedIndex(CalibratedStore):
             backend.defaults = checked
 
     def tune(self, queries, *, query_modality, target_recall=0.95, k=10, exclude_ids=None) -> dict:
-        """Choose and store the cheapest efSearch or nprobe per item modality whose recall@k against exact
-        calibrated search reaches ``target_recall`` for these sample queries (raw embeddings of
-        ``query_modality``) by one standard error of its mean, so that other queries like them reach it too.
+        """Choose and store the cheapest efSearch or nprobe per item modality (IVF: or one shared nprobe, where
+        that scans fewer items) whose recall@k against exact calibrated search reaches ``target_recall`` for
+        these sample queries (raw embeddings of ``query_modality``) by one standard error of its mean, so that
+        other queries like them reach it too.
         ``exclude_ids``: one id per query (-1: none) not to count, for queries that are themselves stored
         items. Returns the chosen settings, the mean recall they reached and its standard error."""
         from .tuning import tune

@@ -10,10 +10,11 @@ Settings are per (query modality, item modality): a cross-modal search (a text q
 among the image lists) is out of distribution and needs a wider beam or more lists than a same-modal one,
 so one shared setting would overpay on the easy side. Starting from the cheapest, the side that misses
 most of the merged top k is widened until the merged list reaches the target. HNSW gets an efSearch per
-walk; IVF an nprobe per modality (each scans its own best lists; a search with one ``nprobe`` in ``params``
-shares it out between the modalities instead): where most of a query's top k are of the other modality,
-one shared budget, ranked by estimated reach, spends lists on the wrong side (``bench/index_speed.py --data
-gaussian``).
+walk. IVF also has the shared budget that ``params={"nprobe": n}`` gives (lists of both modalities ranked
+together by estimated reach, so each query spends its lists where its own top k lies), and keeps whichever
+of the two reaches the target scanning fewer items: the shared budget wins where the reach estimate is
+good, per-modality lists where it misjudges one side (``bench/index_speed.py`` with ``--data mixtures`` and
+``--data gaussian``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 from ..._checks import MODALITIES
 from ..core import merge_ranked
 from . import plumbing
+from .backends import SHARED
 
 NPROBE_LADDER = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 4096)
 EF_LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)  # below k, faiss uses k
@@ -76,6 +78,33 @@ def _exact_one(backend, modality, u: np.ndarray, k: int):
     return scores[:, :k], ids[:, :k]
 
 
+def _widen(backend, pairs, name, ladders, walk, merged, truth, target_recall):
+    """Per-modality settings: from the cheapest, widen the search of the modality that misses most of the
+    merged top k until the merged list reaches the target (or every ladder ends). Returns (settings, recall)."""
+    rung = {m: 0 for m, _ in pairs}
+    while True:
+        chosen = {m: {name: ladders[m][rung[m]]} for m, _ in pairs}
+        found = merged([walk(m, u, chosen[m][name]) for m, u in pairs])
+        recall = recall_at_k(found, truth)
+        raisable = [m for m in rung if rung[m] + 1 < len(ladders[m])]
+        if _clears(recall, target_recall) or not raisable:
+            return chosen, recall
+        lost = (truth >= 0) & ~(truth[:, :, None] == found[:, None, :]).any(axis=2)  # per query, per true item
+        missed = {m: int((lost & np.isin(truth, backend.live[m])).sum()) for m in raisable}
+        rung[max(missed, key=missed.get)] += 1
+
+
+def _shared_budget(backend, pairs, query_modality, wide, merged, truth, target_recall):
+    """IVF: the least nprobe, shared out between the modalities' lists by calibrated reach, that reaches the
+    target. Returns (settings, recall)."""
+    total = sum(backend.lists[m][0].nlist for m, _ in pairs)
+    for nprobe in [n for n in NPROBE_LADDER if n < total] + [total]:
+        recall = recall_at_k(merged(backend._search_lists(pairs, query_modality, wide, {"nprobe": nprobe})), truth)
+        if _clears(recall, target_recall):
+            break
+    return {"nprobe": nprobe}, recall
+
+
 def tune(mixed, queries, *, query_modality: str, target_recall: float, k: int, exclude_ids) -> dict:
     """The cheapest settings whose recall@k for these queries reaches ``target_recall``, and what they reached
     (``MixedIndex.tune`` stores them)."""
@@ -88,35 +117,31 @@ def tune(mixed, queries, *, query_modality: str, target_recall: float, k: int, e
                 "note": "exact search: nothing to tune"}
     wide = k + 1  # one more, for the excluded query itself
     plan = mixed.calibrator.plan_queries(queries, query_modality=query_modality, item_modalities=targets)
-    if "ivf" in backend.structures:  # each modality's own number of lists, its best by centroid
-        name = "nprobe"
-        ladders = {m: [n for n in NPROBE_LADDER if n < backend.lists[m][0].nlist] + [backend.lists[m][0].nlist]
-                   for m in targets}
+    pairs = list(zip(targets, plan.vectors))
+
+    def merged(found):
+        ranked = merge_ranked(targets, [(f(s), i) for f, (s, i) in zip(plan.maps, found)], wide)[2]
+        return _drop(ranked, exclude, k)
+
+    if "ivf" in backend.structures:
+        nlist = {m: backend.lists[m][0].nlist for m in targets}
+        ladders = {m: [n for n in NPROBE_LADDER if n < nlist[m]] + [nlist[m]] for m in targets}
 
         def walk(m, u, value):
             return backend._search_lists([(m, u)], query_modality, wide, {"nprobe": value})[0]
-        exact = [walk(m, u, ladders[m][-1]) for m, u in zip(targets, plan.vectors)]  # every list: exact
+        truth = merged([walk(m, u, nlist[m]) for m, u in pairs])  # every list: exact
+        chosen, recall = _widen(backend, pairs, "nprobe", ladders, walk, merged, truth, target_recall)
+        shared, shared_recall = _shared_budget(backend, pairs, query_modality, wide, merged, truth, target_recall)
+        size = {m: backend.count(m) / nlist[m] for m in targets}  # items per list
+        cost = sum(chosen[m]["nprobe"] * size[m] for m in targets)
+        shared_cost = shared["nprobe"] * sum(backend.count(m) for m in targets) / sum(nlist.values())
+        if (_clears(shared_recall, target_recall), -shared_cost) >= (_clears(recall, target_recall), -cost):
+            chosen, recall = {SHARED: shared}, shared_recall
     else:
-        name = "efSearch"
-        ladders = {m: EF_LADDER for m in targets}
-
         def walk(m, u, value):
             return backend._search_each([(m, u)], query_modality, wide, {"efSearch": value})[0]
-        exact = [_exact_one(backend, m, u, wide) for m, u in zip(targets, plan.vectors)]
-    parts = [(score_map(s), i) for score_map, (s, i) in zip(plan.maps, exact)]
-    truth = _drop(merge_ranked(targets, parts, wide)[2], exclude, k)
-    rung = {m: 0 for m in targets}
-    while True:  # widen the search that misses most of the merged top k until the merged list reaches the target
-        chosen = {m: {name: ladders[m][rung[m]]} for m in targets}
-        found = [walk(m, u, chosen[m][name]) for m, u in zip(targets, plan.vectors)]
-        merged = merge_ranked(targets, [(f(s), i) for f, (s, i) in zip(plan.maps, found)], wide)[2]
-        merged = _drop(merged, exclude, k)
-        recall = recall_at_k(merged, truth)
-        raisable = [m for m in targets if rung[m] + 1 < len(ladders[m])]
-        if _clears(recall, target_recall) or not raisable:
-            break
-        lost = (truth >= 0) & ~(truth[:, :, None] == merged[:, None, :]).any(axis=2)  # per query, per true item
-        missed = {m: int((lost & np.isin(truth, backend.live[m])).sum()) for m in raisable}
-        rung[max(missed, key=missed.get)] += 1
+        truth = merged([_exact_one(backend, m, u, wide) for m, u in pairs])
+        chosen, recall = _widen(backend, pairs, "efSearch", {m: EF_LADDER for m in targets}, walk, merged, truth,
+                                target_recall)
     return {**report, "settings": chosen, "recall": round(recall[0], 4), "standard_error": round(recall[1], 4),
             "reached": _clears(recall, target_recall)}
