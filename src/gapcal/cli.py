@@ -460,8 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--raw", action="store_true", help="show the uncalibrated (raw cosine) ranking beside it")
     search.add_argument("--ef-search", type=positive_int, help="HNSW search breadth for both walks (default: the "
                         "settings stored at build)")
-    search.add_argument("--nprobe", type=positive_int, help="IVF lists to visit in total (default: the numbers "
-                        "per modality stored at build)")
+    search.add_argument("--nprobe", type=positive_int, help="IVF lists to visit in total (default: the settings "
+                        "stored at build)")
     search.add_argument("--json", action="store_true", help="print JSON for machines")
     search.add_argument("--model", help="the model folder, if it moved since the build")
     search.add_argument("--providers", default="auto", choices=("auto", "cpu", "cuda", "tensorrt"))

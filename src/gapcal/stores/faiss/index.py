@@ -49,8 +49,8 @@ class MixedIndex(CalibratedStore):
     times the modality's spread of items around their centroid along the query) and scans its best
     ``nprobe`` lists, so it compares as many centroids and scans as many items as a bare IVF of the same
     spec. Settings stored by ``tune`` may instead give each modality its own nprobe (its best lists by
-    centroid), as they give each HNSW walk its own efSearch. A template IVF that is already trained keeps its nlist in
-    each modality.
+    centroid), as they give each HNSW walk its own efSearch. A template IVF that is already trained keeps
+    its nlist in each modality.
 
     Thread safety: searches run concurrently; ``add``, ``remove`` and ``train`` wait for running
     searches and block new ones while they change the index.
